@@ -1,0 +1,53 @@
+"""Names of every environment variable runner reads or sets, in one place.
+
+They are listed in ``runner --help``; tests clear them so nothing leaks in from
+the developer's own shell.
+"""
+
+from __future__ import annotations
+
+# The harness owns the names it reads, since training images may use it alone:
+# ENV_RUN_DIR is the folder of one run (heartbeat, metrics, events, logs, stack
+# dumps, checkpoints); ENV_CHECKPOINT_DIR overrides $RUNNER_RUN_DIR/checkpoints.
+from runner.harness import ENV_CHECKPOINT_DIR, ENV_RUN_DIR
+
+#: Folder of job files (default: ``./jobs``, then the ones shipped with runner).
+ENV_JOBS_DIR = "RUNNER_JOBS_DIR"
+#: Where ``runner`` and ``./train.sh`` keep runs (default: ``./runs``).
+ENV_RUNS_DIR = "RUNNER_RUNS_DIR"
+#: Where synthesised datasets go (default: ``./data``).
+ENV_DATA_DIR = "RUNNER_DATA_DIR"
+#: Dataset folder handed to a training process (the jobs' own convention).
+ENV_DATASET_DIR = "DATASET_DIR"
+#: ``cpu`` or ``cuda``: the device the training process should use.
+ENV_DEVICE = "RUNNER_DEVICE"
+#: Set to 1 for a full traceback on an internal error.
+ENV_DEBUG = "RUNNER_DEBUG"
+
+#: Variables a test must never inherit from the developer's shell.
+HERMETIC_ENV = (
+    ENV_RUN_DIR,
+    ENV_CHECKPOINT_DIR,
+    ENV_JOBS_DIR,
+    ENV_RUNS_DIR,
+    ENV_DATA_DIR,
+    ENV_DATASET_DIR,
+    ENV_DEVICE,
+    ENV_DEBUG,
+    "VAST_API_KEY",
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    "WANDB_API_KEY",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+    "DOCKER_HOST",
+)
+
+ENV_HELP = {
+    ENV_RUN_DIR: "run folder the harness writes to (set by runner for the training process)",
+    ENV_CHECKPOINT_DIR: "checkpoint folder (default: $RUNNER_RUN_DIR/checkpoints)",
+    ENV_JOBS_DIR: "folder of job files (default: ./jobs, then the shipped ones)",
+    ENV_RUNS_DIR: "where local runs are kept (default: ./runs)",
+    ENV_DATA_DIR: "where synthetic datasets are written (default: ./data)",
+    ENV_DEBUG: "1 shows the traceback of an internal error",
+}
