@@ -9,7 +9,8 @@ from __future__ import annotations
 # The harness owns the names it reads, since training images may use it alone:
 # ENV_RUN_DIR is the folder of one run (heartbeat, metrics, events, logs, stack
 # dumps, checkpoints); ENV_CHECKPOINT_DIR overrides $RUNNER_RUN_DIR/checkpoints.
-from runner.harness import ENV_CHECKPOINT_DIR, ENV_RUN_DIR
+from runner.harness import ENV_CHECKPOINT_DIR as ENV_CHECKPOINT_DIR
+from runner.harness import ENV_RUN_DIR as ENV_RUN_DIR
 
 #: Folder of job files (default: ``./jobs``, then the ones shipped with runner).
 ENV_JOBS_DIR = "RUNNER_JOBS_DIR"
