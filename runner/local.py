@@ -1,0 +1,267 @@
+"""Run a job on this machine: pick the device, find or make its data, start it.
+
+This is what ``./train.sh JOB`` and ``runner train JOB`` do. The job's
+``embedded`` profile is used when it has one (it needs no image, dataset or
+account). The training process runs in its own process group with the run
+folder in ``RUNNER_RUN_DIR``, so a re-run with the same folder resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from runner.constants import (
+    ENV_DATA_DIR,
+    ENV_DATASET_DIR,
+    ENV_DEVICE,
+    ENV_RUN_DIR,
+    ENV_RUNS_DIR,
+)
+from runner.errors import DatasetError, DeviceError, RunnerError, SecretError
+from runner.spec import JobSpec
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """Where the training process will run, and the environment that pins it there."""
+
+    kind: str  # "cpu" or "cuda"
+    description: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory_used: int
+    memory_total: int
+    utilization: int | None
+
+
+def _visible_gpus() -> tuple[list[_Gpu], str]:
+    """GPUs NVML sees, and a reason when it sees none (no driver is a normal case)."""
+    try:
+        import pynvml
+    except ImportError:
+        return [], "nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [], f"no NVIDIA driver ({exc})"
+    gpus = []
+    try:
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            try:
+                util: int | None = int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            except pynvml.NVMLError:
+                util = None
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            gpus.append(
+                _Gpu(
+                    index=index,
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_used=int(memory.used),
+                    memory_total=int(memory.total),
+                    utilization=util,
+                )
+            )
+    except pynvml.NVMLError as exc:
+        return gpus, f"NVML failed while listing GPUs ({exc})"
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+    return gpus, "" if gpus else "the driver reports no GPUs"
+
+
+def _busy_score(gpu: _Gpu) -> float:
+    """The users' score: 0.7 x memory used % + 0.3 x utilisation %; lower is freer."""
+    memory_pct = 100.0 * gpu.memory_used / gpu.memory_total if gpu.memory_total else 100.0
+    return 0.7 * memory_pct + 0.3 * (gpu.utilization or 0)
+
+
+def pick_device(spec: JobSpec, requested: str = "auto") -> DeviceChoice:
+    """The best free GPU when NVML sees one, else the CPU when the job allows it.
+
+    The GPU is exported by UUID with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so the
+    process trains on the GPU that was picked, whatever CUDA's own numbering.
+    """
+    if requested not in {"auto", "cpu", "cuda"}:
+        raise DeviceError(f"unknown device {requested!r}: use auto, cpu or cuda")
+    cpu = DeviceChoice("cpu", "CPU", {ENV_DEVICE: "cpu", "CUDA_VISIBLE_DEVICES": ""})
+    if requested == "cpu":
+        return cpu
+    gpus, reason = _visible_gpus()
+    wanted = max(1, spec.resources.gpus)
+    if len(gpus) < wanted:
+        if requested == "cuda" or spec.resources.gpus > 0:
+            raise DeviceError(
+                f"{spec.name} needs {wanted} GPU(s) and {len(gpus)} are visible ({reason}); "
+                "run it on a rented GPU or pick a profile that runs on the CPU"
+            )
+        return DeviceChoice("cpu", f"CPU ({reason})", cpu.env)
+    chosen = sorted(gpus, key=lambda g: (_busy_score(g), -g.index))[:wanted]
+    names = ", ".join(f"GPU {g.index} {g.name}" for g in chosen)
+    return DeviceChoice(
+        "cuda",
+        names,
+        {
+            ENV_DEVICE: "cuda",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "CUDA_VISIBLE_DEVICES": ",".join(g.uuid for g in chosen),
+        },
+    )
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get(ENV_RUNS_DIR) or Path.cwd() / "runs")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(ENV_DATA_DIR) or Path.cwd() / "data")
+
+
+def check_dataset(layout: str | None, path: Path) -> None:
+    """Raise :class:`DatasetError`, naming the first problems, unless ``path`` fits ``layout``."""
+    if not path.is_dir():
+        raise DatasetError(f"dataset folder {path} does not exist; pass --data PATH")
+    if layout != "franka":
+        return  # no checker for this layout yet: the job itself will say
+    from runner.data.franka import check_franka
+
+    report = check_franka(path)
+    if not report.ok:
+        shown = "; ".join(f"{p.where}: {p.message}" for p in report.problems[:3])
+        more = len(report.problems) - 3
+        tail = f" (+{more} more)" if more > 0 else ""
+        raise DatasetError(
+            f"dataset {path} is not a valid {layout} dataset: {shown}{tail}; "
+            f"see `runner data check {layout_job_hint(layout)} {path}`"
+        )
+
+
+def layout_job_hint(layout: str) -> str:
+    return {"franka": "franka_cube_stack"}.get(layout, "JOB")
+
+
+def resolve_dataset(spec: JobSpec, given: Path | None, say: Say) -> Path | None:
+    """The dataset folder the job will read, synthesising one when the job allows it."""
+    ds = spec.dataset
+    if given is None and os.environ.get(ENV_DATASET_DIR) and ds.env == ENV_DATASET_DIR:
+        given = Path(os.environ[ENV_DATASET_DIR])
+    if given is not None:
+        check_dataset(ds.layout, given)
+        say(f"dataset: {given}")
+        return given.resolve()
+    if ds.source == "none":
+        return None
+    if ds.source == "local":
+        assert ds.path is not None
+        check_dataset(ds.layout, Path(ds.path))
+        say(f"dataset: {ds.path}")
+        return Path(ds.path)
+    if ds.source == "hub":
+        raise DatasetError(
+            f"{spec.name} reads {ds.repo}@{ds.revision} from the Hub, which a local run does not "
+            "fetch; pass --data PATH to a local copy"
+        )
+    synth = ds.synthetic
+    assert synth is not None
+    path = data_dir() / f"{spec.name}_synthetic"
+    if path.is_dir():
+        check_dataset(ds.layout, path)
+        say(f"dataset: synthetic, reusing {path}")
+        return path.resolve()
+    if ds.layout != "franka":
+        raise DatasetError(f"no synthetic dataset for layout {ds.layout!r}; pass --data PATH")
+    from runner.data.franka import synth_franka
+
+    say(
+        f"no dataset configured: synthesising {synth.episodes} episodes x {synth.steps} steps "
+        f"({synth.image_size}px) at {path}"
+    )
+    synth_franka(path, episodes=synth.episodes, steps=synth.steps, image_size=synth.image_size)
+    return path.resolve()
+
+
+def check_secrets(spec: JobSpec) -> None:
+    """Every required secret must be in the environment (by name; values are never shown)."""
+    missing = [s.name for s in spec.secrets if s.required and not os.environ.get(s.name)]
+    if missing:
+        raise SecretError(
+            f"{spec.name} needs {', '.join(missing)} in your environment; "
+            f"export {missing[0]}=... first (never put it in the job file)"
+        )
+
+
+def _argv(argv: list[str]) -> list[str]:
+    # Run a job's "python" with this interpreter, so the project's venv is used.
+    if argv and argv[0] in {"python", "python3"}:
+        return [sys.executable, *argv[1:]]
+    return argv
+
+
+@contextlib.contextmanager
+def _forward_signals(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Pass Ctrl-C and termination on to the job's process group (it has its own)."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_local(
+    spec: JobSpec,
+    argv: list[str],
+    extra_env: dict[str, str],
+    *,
+    run_dir: Path,
+    dataset: Path | None,
+    device: DeviceChoice,
+) -> int:
+    """Start ``argv`` (from :meth:`JobSpec.apply_overrides`) here and wait.
+
+    Returns the job's exit code (128+N when signal N ended it).
+    """
+    if spec.image is not None:
+        raise RunnerError(
+            f"{spec.name} runs in its Docker image {spec.image} and has no local profile"
+        )
+    check_secrets(spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **spec.env, **extra_env, **device.env}
+    env[ENV_RUN_DIR] = str(run_dir.resolve())
+    env["PYTHONUNBUFFERED"] = "1"
+    if dataset is not None:
+        env[spec.dataset.env] = str(dataset)
+    try:
+        proc = subprocess.Popen(
+            _argv(argv), env=env, cwd=spec.workdir or None, start_new_session=True
+        )
+    except OSError as exc:
+        raise RunnerError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    with _forward_signals(proc):
+        code = proc.wait()
+    return 128 - code if code < 0 else code
