@@ -391,7 +391,8 @@ def load_job(name: str, *, profile: str | None = None) -> JobSpec:
     """
     files = job_files()
     if name not in files:
-        close = difflib.get_close_matches(name, files, n=3)
+        close = [f for f in files if f.startswith(name) or name in f][:3]
+        close = close or difflib.get_close_matches(name, files, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see `runner jobs`"
         where = ", ".join(str(d) for d in jobs_dirs()) or "no jobs folder found"
         raise SpecError(f"unknown job {name!r} ({hint}; looked in {where})")
