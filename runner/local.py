@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from runner.constants import (
     ENV_DATA_DIR,
@@ -27,6 +28,9 @@ from runner.constants import (
 )
 from runner.errors import DatasetError, DeviceError, RunnerError, SecretError
 from runner.spec import JobSpec
+
+if TYPE_CHECKING:
+    from runner.sampling.nvml import GpuSnapshot
 
 Say = Callable[[str], None]
 
@@ -40,66 +44,27 @@ class DeviceChoice:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Gpu:
-    index: int
-    uuid: str
-    name: str
-    memory_used: int
-    memory_total: int
-    utilization: int | None
+def _visible_gpus() -> tuple[list[GpuSnapshot], str]:
+    """GPUs that can run a job now (not lost), and why there are none (no driver is normal)."""
+    from runner.sampling.nvml import open_nvml
 
-
-def _visible_gpus() -> tuple[list[_Gpu], str]:
-    """GPUs NVML sees, and a reason when it sees none (no driver is a normal case)."""
-    try:
-        import pynvml
-    except ImportError:
-        return [], "nvidia-ml-py is not installed"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return [], f"no NVIDIA driver ({exc})"
-    gpus = []
-    try:
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            try:
-                util: int | None = int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-            except pynvml.NVMLError:
-                util = None
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append(
-                _Gpu(
-                    index=index,
-                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-                    name=name.decode() if isinstance(name, bytes) else str(name),
-                    memory_used=int(memory.used),
-                    memory_total=int(memory.total),
-                    utilization=util,
-                )
-            )
-    except pynvml.NVMLError as exc:
-        return gpus, f"NVML failed while listing GPUs ({exc})"
-    finally:
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
-    return gpus, "" if gpus else "the driver reports no GPUs"
-
-
-def _busy_score(gpu: _Gpu) -> float:
-    """The users' score: 0.7 x memory used % + 0.3 x utilisation %; lower is freer."""
-    memory_pct = 100.0 * gpu.memory_used / gpu.memory_total if gpu.memory_total else 100.0
-    return 0.7 * memory_pct + 0.3 * (gpu.utilization or 0)
+    with open_nvml() as nvml:
+        snaps = nvml.sample()
+        reason = nvml.reason
+    usable = [s for s in snaps if not s.lost and s.uuid]
+    if snaps and not usable:
+        reason = "; ".join(f"GPU {s.index} is lost ({s.lost_reason})" for s in snaps if s.lost)
+        reason = reason or "NVML gives no GPU UUIDs"
+    return usable, reason
 
 
 def pick_device(spec: JobSpec, requested: str = "auto") -> DeviceChoice:
     """The best free GPU when NVML sees one, else the CPU when the job allows it.
 
-    The GPU is exported by UUID with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so the
-    process trains on the GPU that was picked, whatever CUDA's own numbering.
+    The GPUs are chosen as ``runner gpus --pick N`` chooses them (the users'
+    score; ties to the higher index) and exported by UUID with
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so the process trains on the GPU that was
+    picked, whatever CUDA's own numbering.
     """
     if requested not in {"auto", "cpu", "cuda"}:
         raise DeviceError(f"unknown device {requested!r}: use auto, cpu or cuda")
@@ -115,17 +80,11 @@ def pick_device(spec: JobSpec, requested: str = "auto") -> DeviceChoice:
                 "run it on a rented GPU or pick a profile that runs on the CPU"
             )
         return DeviceChoice("cpu", f"CPU ({reason})", cpu.env)
-    chosen = sorted(gpus, key=lambda g: (_busy_score(g), -g.index))[:wanted]
-    names = ", ".join(f"GPU {g.index} {g.name}" for g in chosen)
-    return DeviceChoice(
-        "cuda",
-        names,
-        {
-            ENV_DEVICE: "cuda",
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            "CUDA_VISIBLE_DEVICES": ",".join(g.uuid for g in chosen),
-        },
-    )
+    from runner.sampling.select import select
+
+    selection = select(gpus, wanted)
+    names = ", ".join(f"GPU {g.index} {g.name}" for g in selection.chosen)
+    return DeviceChoice("cuda", names, {ENV_DEVICE: "cuda", **selection.env})
 
 
 def runs_dir() -> Path:
@@ -216,6 +175,29 @@ def _argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the job die with the process that started it.
+
+    The job runs in its own session (so its whole tree can be signalled), which
+    also means it would outlive a killed ``runner`` as an orphan that trains on,
+    unseen. Linux only; elsewhere a no-op.
+    """
+
+    def arm() -> None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(137)
+
+    return arm
+
+
 @contextlib.contextmanager
 def _forward_signals(proc: subprocess.Popen[bytes]) -> Iterator[None]:
     """Pass Ctrl-C and termination on to the job's process group (it has its own)."""
@@ -258,7 +240,11 @@ def run_local(
         env[spec.dataset.env] = str(dataset)
     try:
         proc = subprocess.Popen(
-            _argv(argv), env=env, cwd=spec.workdir or None, start_new_session=True
+            _argv(argv),
+            env=env,
+            cwd=spec.workdir or None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
         )
     except OSError as exc:
         raise RunnerError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc

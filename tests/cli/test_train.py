@@ -139,8 +139,9 @@ def test_sigkill_during_training_saves_keeps_a_complete_newest(
                 break
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.3))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        trainer = read_heartbeat(run)["pid"]
+        os.kill(trainer, signal.SIGKILL)
+        assert proc.wait(timeout=60) == 137  # runner reports the job's death, 128 + 9
         ck = latest_checkpoint(run / "checkpoints")
         assert ck is not None and verify_checkpoint(ck) == []
         import torch
@@ -152,6 +153,41 @@ def test_sigkill_during_training_saves_keeps_a_complete_newest(
     resumed = _train(["franka_cube_stack", f"training.steps={newest + 2}", "img_size=32"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from step {newest} " in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.slow
+def test_killing_runner_takes_the_training_process_with_it(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    env = _small_data(subprocess_env, tmp_path)
+    _synth(tmp_path / "data" / "franka_cube_stack_synthetic")
+    run = tmp_path / "runs" / "franka_cube_stack"
+    proc = subprocess.Popen(
+        [str(RUNNER_BIN), "train", "franka_cube_stack", "training.steps=100000", "img_size=32"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while (beat := read_heartbeat(run)) is None or beat.get("step") is None:
+        assert time.monotonic() < deadline, "the trainer never stepped"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(beat["pid"]):
+        assert time.monotonic() < deadline, "the trainer outlived runner as an orphan"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting to be reaped is dead too
+        return f.read().split(") ")[-1][0] != "Z"
 
 
 def test_job_without_local_profile_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
