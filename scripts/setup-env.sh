@@ -8,8 +8,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:-train}"
 case "$extras" in
-  train) spec=".[train]" ;;
-  dev) spec=".[train,dev]" ;;
+  train) spec="[train]" ;;
+  dev) spec="[train,dev]" ;;
   *) echo "error: setup-env.sh takes 'train' or 'dev', got '$extras'" >&2; exit 2 ;;
 esac
 venv="${RUNNER_VENV:-$root/.venv}"
@@ -33,7 +33,7 @@ log="$(mktemp -t runner-setup.XXXXXX)"
   "$venv/bin/python" -m pip install -q -e "$root$spec"
 } >"$log" 2>&1 || {
   echo "error: setting up $venv failed; the last lines of $log:" >&2
-  tail -n 15 "$log" >&2
+  grep -v "^WARNING: Location" "$log" | tail -n 15 >&2
   exit 1
 }
 rm -f "$log" "$venv"/.runner-setup-*
