@@ -24,6 +24,8 @@ ENV_DATASET_DIR = "DATASET_DIR"
 ENV_DEVICE = "RUNNER_DEVICE"
 #: Set to 1 for a full traceback on an internal error.
 ENV_DEBUG = "RUNNER_DEBUG"
+#: A testing aid: NVML replaced by a scripted or recorded trace (never on by default).
+ENV_FAKE_NVML = "RUNNER_FAKE_NVML"
 
 #: Variables a test must never inherit from the developer's shell.
 HERMETIC_ENV = (
@@ -35,6 +37,7 @@ HERMETIC_ENV = (
     ENV_DATASET_DIR,
     ENV_DEVICE,
     ENV_DEBUG,
+    ENV_FAKE_NVML,
     "VAST_API_KEY",
     "HF_TOKEN",
     "HF_ENDPOINT",
@@ -51,4 +54,5 @@ ENV_HELP = {
     ENV_RUNS_DIR: "where local runs are kept (default: ./runs)",
     ENV_DATA_DIR: "where synthetic datasets are written (default: ./data)",
     ENV_DEBUG: "1 shows the traceback of an internal error",
+    ENV_FAKE_NVML: "testing aid: scenario:NAME[:k=v,...], trace:FILE or no-driver instead of NVML",
 }
