@@ -551,8 +551,8 @@ def train(cfg: Config) -> int:
         ck = h.latest_checkpoint() if h is not None else None
         if ck is not None and ck.step >= total:
             _say(
-                f"run already complete at step {ck.step} (training.steps={total}); "
-                "pass training.steps=... to train longer"
+                f"newest checkpoint: step {ck.step} ({ck.path}); run already complete "
+                f"(training.steps={total}): pass training.steps=... to train longer"
             )
             return 0
         model = build_model(cfg)

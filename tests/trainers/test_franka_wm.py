@@ -385,8 +385,8 @@ def test_train_checkpoint_resume_and_complete(
     code, out, err = run_main([*base, "training.steps=80"], capsys)
     assert code == 0, err
     assert out.strip() == (
-        "run already complete at step 80 (training.steps=80); "
-        "pass training.steps=... to train longer"
+        f"newest checkpoint: step 80 ({run_dir / 'checkpoints' / 'step_000000080'}); "
+        "run already complete (training.steps=80): pass training.steps=... to train longer"
     )
 
     code, _, err = run_main([*base, "training.steps=90", "model.emb_dim=64"], capsys)
