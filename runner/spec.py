@@ -166,6 +166,35 @@ class RestartPolicy(_Model):
         return self
 
 
+class WatchdogSpec(_Model):
+    """Thresholds of the agent's detectors (see watchdog.md for where they come from).
+
+    A stall is no new step for longer than the learned limit
+    max(stall_factor x the longest recent step interval, stall_min_s), with
+    separate limits before the first step and while the job checkpoints. A stall
+    confirmed by a second signal (GPU power collapsed or idle, or no CPU progress
+    in the process tree) is acted on after confirm_s instead.
+    """
+
+    sample_interval_s: float = Field(1.0, gt=0, le=60, description="agent tick")
+    startup_timeout_s: float = Field(900, gt=0, description="limit before the first step")
+    stall_min_s: float = Field(120, gt=0, description="floor of the learned stall limit")
+    stall_factor: float = Field(5.0, ge=1, description="x the longest recent step interval")
+    checkpoint_timeout_s: float = Field(900, gt=0, description="silence allowed while saving")
+    confirm_s: float = Field(30, gt=0, description="stall confirmed by GPU or CPU: act after")
+    power_collapse_fraction: float = Field(0.35, gt=0, lt=1, description="of busy median")
+    power_collapse_s: float = Field(60, gt=0, description="low power for this long")
+    thermal_margin_c: float = Field(3, ge=0, description="degrees below the slowdown threshold")
+    thermal_window_s: float = Field(60, gt=0, description="throttling for this long")
+    input_bound_fraction: float = Field(0.5, gt=0, lt=1, description="data wait / step time")
+    input_bound_steps: int = Field(50, ge=5, description="steps averaged for input-bound")
+    disk_warn_factor: float = Field(2.0, gt=0, description="free < this x checkpoint size")
+    disk_critical_factor: float = Field(1.0, gt=0, description="free < this x checkpoint size")
+    shm_min_gb: float = Field(1.0, ge=0, description="/dev/shm below this with workers")
+    ram_pressure_fraction: float = Field(0.95, gt=0, le=1, description="RAM used fraction")
+    stack_dumps: bool = Field(True, description="dump every stack before acting on a stall")
+
+
 class SecretRef(_Model):
     """A secret the job reads from its environment, by name only."""
 
@@ -202,6 +231,7 @@ class JobSpec(_Model):
     overrides: OverrideSpec = Field(default_factory=OverrideSpec)
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
     profile: str | None = Field(None, description="the profile merged in, if any")
     profiles: list[str] = Field(default_factory=list, description="profiles the job offers")
 

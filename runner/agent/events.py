@@ -1,0 +1,200 @@
+"""Events and status: what the agent tells the world, through the run folder.
+
+``events.jsonl`` is append-only, one JSON object per line, fsynced on each
+write, so a host that dies keeps every event written before. ``status.json``
+is rewritten atomically every tick; its ``agent_time`` is the agent's own
+heartbeat, so the control side can tell a dead host (status stops changing)
+from a quiet run (status changes, steps do not).
+
+Both are read by ``runner watch``; this module is the schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+EVENTS_FILE = "events.jsonl"
+STATUS_FILE = "status.json"
+EVENTS_FORMAT = 1
+
+Severity = Literal["info", "warning", "critical"]
+#: What the agent does about an event: nothing, take stack dumps, restart the
+#: run from its newest complete checkpoint (stacks first), or stop it.
+Action = Literal["none", "dump", "restart", "stop"]
+
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+ACTIONS: tuple[Action, ...] = ("none", "dump", "restart", "stop")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened to a run, with the evidence for it.
+
+    ``kind`` names the detector or lifecycle step (``stall``, ``power_collapse``,
+    ``zombie_workers``, ``thermal``, ``input_bound``, ``disk_low``, ``disk_full``,
+    ``oom``, ``xid``, ``ecc``, ``gpu_lost``, ``nccl_timeout``, ``shm_low``,
+    ``ram_pressure``, ``detector_error``, ``started``, ``exited``, ``restart``,
+    ``stack_dump``, ``stopped``, ``finished``...). ``message`` is one line for a
+    human; ``evidence`` holds the JSON-friendly values that triggered it (and, for
+    stack dumps, the file path); ``action`` is what the agent does about it.
+    """
+
+    kind: str
+    severity: Severity
+    message: str
+    time: float = field(default_factory=time.time)
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    action: Action = "none"
+    attempt: int = 0
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        if "\n" in self.message:
+            raise ValueError("an event message is one line")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["evidence"] = dict(self.evidence)
+        data["v"] = EVENTS_FORMAT
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        return cls(
+            kind=str(data["kind"]),
+            severity=data["severity"],
+            message=str(data["message"]),
+            time=float(data["time"]),
+            evidence=dict(data.get("evidence") or {}),
+            action=data.get("action", "none"),
+            attempt=int(data.get("attempt", 0)),
+        )
+
+    @classmethod
+    def from_json(cls, line: str) -> Event:
+        return cls.from_dict(json.loads(line))
+
+
+class EventLog:
+    """Append-only ``events.jsonl`` in a run folder; every append is durable."""
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, event: Event) -> None:
+        # One write() of one line with O_APPEND: concurrent writers never interleave
+        # inside a line, and fsync makes it survive the host.
+        data = (event.to_json() + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(read_events(self.path.parent))
+
+
+def read_events(run_dir: Path | str) -> list[Event]:
+    """Every event of a run folder, oldest first; a torn last line is skipped."""
+    path = Path(run_dir) / EVENTS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            events.append(Event.from_json(line))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a crash mid-write
+    return events
+
+
+RunState = Literal[
+    "starting",  # the agent is up, the training process not yet
+    "running",
+    "restarting",
+    "finished",  # the training command exited 0
+    "failed",  # it exited non-zero and will not be restarted
+    "stopped",  # the agent stopped it (bad host, OOM, budget, user)
+]
+
+
+@dataclass(frozen=True)
+class Status:
+    """The run's state now, rewritten every tick as ``status.json``."""
+
+    state: RunState
+    job: str | None
+    agent_pid: int
+    agent_time: float  # the agent's own heartbeat
+    started: float
+    attempt: int = 0
+    restarts: int = 0
+    training_pid: int | None = None
+    step: int | None = None
+    last_step_time: float | None = None
+    steps_per_s: float | None = None
+    phase: str | None = None
+    checkpoint_step: int | None = None
+    exit_code: int | None = None
+    summary: str = ""  # one line for a human: what is happening or what happened
+    last_event: Mapping[str, Any] | None = None
+    gpus: tuple[Mapping[str, Any], ...] = ()  # compact per-GPU view of the last sample
+    host: Mapping[str, Any] | None = None  # compact RAM/disk view of the last sample
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gpus"] = [dict(g) for g in self.gpus]
+        data["v"] = EVENTS_FORMAT
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Status:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["gpus"] = tuple(known.get("gpus") or ())
+        return cls(**known)
+
+    def write(self, run_dir: Path | str) -> None:
+        """Replace ``status.json`` atomically (temporary file + rename)."""
+        run_dir = Path(run_dir)
+        fd, tmp = tempfile.mkstemp(prefix=".status-", dir=run_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, separators=(",", ":"), default=str)
+            os.replace(tmp, run_dir / STATUS_FILE)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def read_status(run_dir: Path | str) -> Status | None:
+    """The run's last status, or None when the agent has not written one."""
+    try:
+        data = json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    try:
+        return Status.from_dict(data)
+    except (TypeError, ValueError):
+        return None
