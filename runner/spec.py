@@ -158,6 +158,10 @@ class RestartPolicy(_Model):
     batch_override: str | None = Field(
         None, description="override key halved on OOM when on_oom is reduce_batch"
     )
+    resume_args: list[str] = Field(
+        default_factory=list,
+        description="overrides added on a restart so the job resumes (harness jobs need none)",
+    )
 
     @model_validator(mode="after")
     def _oom(self) -> RestartPolicy:
