@@ -55,4 +55,6 @@ ENV_HELP = {
     ENV_DATA_DIR: "where synthetic datasets are written (default: ./data)",
     ENV_DEBUG: "1 shows the traceback of an internal error",
     ENV_FAKE_NVML: "testing aid: scenario:NAME[:k=v,...], trace:FILE or no-driver instead of NVML",
+    "HF_TOKEN": "Hugging Face token for pushes and pulls (never logged, never an argument)",
+    "HF_ENDPOINT": "Hub endpoint (default https://huggingface.co)",
 }

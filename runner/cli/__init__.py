@@ -17,6 +17,7 @@ import typer
 from runner import __version__
 from runner.cli import data as data_cmd
 from runner.cli import gpus as gpus_cmd
+from runner.cli import hub as hub_cmd
 from runner.cli import jobs as jobs_cmd
 from runner.cli import train as train_cmd
 from runner.cli._app import app as display
@@ -39,6 +40,10 @@ app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(gpus_cmd.app, name="gpus")
 app.command("train", context_settings={"allow_extra_args": False})(train_cmd.train)
+app.command("push")(hub_cmd.push)
+app.command("checkpoints")(hub_cmd.checkpoints)
+app.command("pull")(hub_cmd.pull)
+app.add_typer(hub_cmd.app, name="hub")
 
 
 def _version(value: bool) -> None:

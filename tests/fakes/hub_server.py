@@ -735,6 +735,9 @@ class _Exchange:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "LoopbackHub/1"
+    # Without this, Nagle's algorithm and the client's delayed ACK add ~40 ms to
+    # every request (a push took 1.4 s instead of 0.16 s).
+    disable_nagle_algorithm = True
     timeout = 300  # an idle keep-alive connection is closed after this
     server: _Server
 
