@@ -39,6 +39,8 @@ HERMETIC_ENV = (
     ENV_DEBUG,
     ENV_FAKE_NVML,
     "VAST_API_KEY",
+    "VAST_URL",
+    "XDG_STATE_HOME",
     "HF_TOKEN",
     "HF_ENDPOINT",
     "WANDB_API_KEY",
@@ -57,4 +59,6 @@ ENV_HELP = {
     ENV_FAKE_NVML: "testing aid: scenario:NAME[:k=v,...], trace:FILE or no-driver instead of NVML",
     "HF_TOKEN": "Hugging Face token for pushes and pulls (never logged, never an argument)",
     "HF_ENDPOINT": "Hub endpoint (default https://huggingface.co)",
+    "VAST_API_KEY": "vast.ai API key (else the vastai CLI's key file); never leaves this machine",
+    "VAST_URL": "vast.ai API endpoint (default https://console.vast.ai)",
 }

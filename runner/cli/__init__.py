@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import typer
 
 from runner import __version__
+from runner.cli import cloud as cloud_cmd
 from runner.cli import data as data_cmd
 from runner.cli import gpus as gpus_cmd
 from runner.cli import hub as hub_cmd
@@ -44,6 +45,11 @@ app.command("push")(hub_cmd.push)
 app.command("checkpoints")(hub_cmd.checkpoints)
 app.command("pull")(hub_cmd.pull)
 app.add_typer(hub_cmd.app, name="hub")
+app.command("offers")(cloud_cmd.offers)
+app.command("rent")(cloud_cmd.rent)
+app.add_typer(cloud_cmd.storage_app, name="storage")
+app.command("ps")(cloud_cmd.ps)
+app.command("down")(cloud_cmd.down)
 
 
 def _version(value: bool) -> None:
