@@ -647,6 +647,23 @@ def test_a_checkpoint_seen_only_as_disk_writes_counts_for_log_progress() -> None
     assert event.evidence["basis"] == "learned"
 
 
+def test_disk_writes_do_not_hold_off_a_stall_of_a_harness_job() -> None:
+    """The harness says when it saves: another writer on the checkpoint disk (a
+    shared /dev/shm, another job) must not pass for a save and delay the stall."""
+    run = Run([StallDetector()])
+    gpus = Gpus(Scenario("power_collapse", at=200, pid=ROOT))
+    busy_disk = disk("checkpoints", free=100 * GB, rate=200 * MB)
+
+    def frozen_after_200(t: float, steps: Steps) -> dict[str, Any]:
+        return {"gpus": gpus.at(t)[0], "procs": training_tree(workers=0), "host": host(busy_disk)}
+
+    steps = steady_steps(run, 200, tick=frozen_after_200)
+    for t in range(200, 400):
+        run.tick(t, progress=steps.progress(), **frozen_after_200(t, steps))
+    stall = only(run.of("stall"))
+    assert t_of(stall) == 230 and stall.evidence["confirmed"] is True
+
+
 def test_progress_none_decides_on_gpu_and_cpu_signals_only() -> None:
     """No harness and no pattern: GPU idle and CPU flat for stall_min_s (120 s)."""
     run = Run([StallDetector()])

@@ -503,6 +503,11 @@ class CheckpointWatch:
         if obs.progress.phase == "checkpoint":
             self._active_at = obs.now
             return True
+        if obs.progress.source == "harness":
+            # The harness says when it saves; inferring saves from disk writes
+            # would let any other writer on that disk (a shared /dev/shm, another
+            # job) hold off stall detection for up to checkpoint_timeout_s.
+            return self._active_at is not None and obs.now - self._active_at <= CHECKPOINT_LINGER_S
         disk = checkpoint_disk(obs.sample)
         rate = None if disk is None else num(disk.write_rate_bps)
         if rate is not None and rate >= CHECKPOINT_WRITE_BPS:
