@@ -2,34 +2,32 @@
 
 This is what ``./train.sh JOB`` and ``runner train JOB`` do. The job's
 ``embedded`` profile is used when it has one (it needs no image, dataset or
-account). The training process runs in its own process group with the run
-folder in ``RUNNER_RUN_DIR``, so a re-run with the same folder resumes.
+account). The training process runs under the agent
+(:mod:`runner.agent.supervisor`), in its own process group with the run folder
+in ``RUNNER_RUN_DIR``, so a re-run with the same folder resumes, and the agent
+restarts it from its newest complete checkpoint when it freezes or crashes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from runner.constants import (
     ENV_DATA_DIR,
     ENV_DATASET_DIR,
     ENV_DEVICE,
-    ENV_RUN_DIR,
     ENV_RUNS_DIR,
 )
 from runner.errors import DatasetError, DeviceError, RunnerError, SecretError
 from runner.spec import JobSpec
 
 if TYPE_CHECKING:
+    from runner.agent.events import Event
+    from runner.agent.supervisor import SupervisorResult
     from runner.sampling.nvml import GpuSnapshot
 
 Say = Callable[[str], None]
@@ -168,50 +166,42 @@ def check_secrets(spec: JobSpec) -> None:
         )
 
 
-def _argv(argv: list[str]) -> list[str]:
-    # Run a job's "python" with this interpreter, so the project's venv is used.
-    if argv and argv[0] in {"python", "python3"}:
-        return [sys.executable, *argv[1:]]
-    return argv
+def supervise_local(
+    spec: JobSpec,
+    argv: list[str],
+    extra_env: dict[str, str],
+    *,
+    run_dir: Path,
+    dataset: Path | None,
+    device: DeviceChoice,
+    on_event: Callable[[Event], None] | None = None,
+) -> SupervisorResult:
+    """Run ``argv`` (from :meth:`JobSpec.apply_overrides`) here, under the agent, and wait.
 
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the job die with the process that started it.
-
-    The job runs in its own session (so its whole tree can be signalled), which
-    also means it would outlive a killed ``runner`` as an orphan that trains on,
-    unseen. Linux only; elsewhere a no-op.
+    The agent (:class:`runner.agent.supervisor.Supervisor`) starts it in its own
+    session with the die-with-parent guard, forwards Ctrl-C and SIGTERM, keeps
+    its output in ``RUN_DIR/logs/``, watches it with the job's watchdog and
+    restarts it from its newest complete checkpoint within the job's restart
+    policy. Raises :class:`RunnerError` when it cannot start at all.
     """
+    from runner.agent.supervisor import Supervisor
 
-    def arm() -> None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(137)
-
-    return arm
-
-
-@contextlib.contextmanager
-def _forward_signals(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """Pass Ctrl-C and termination on to the job's process group (it has its own)."""
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    if spec.image is not None:
+        raise RunnerError(
+            f"{spec.name} runs in its Docker image {spec.image} and has no local profile"
+        )
+    check_secrets(spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(
+        argv,
+        run_dir=run_dir,
+        job=spec,
+        extra_env={**spec.env, **extra_env, **device.env},
+        cwd=spec.workdir or None,
+        dataset=dataset,
+        on_event=on_event,
+    )
+    return supervisor.run()
 
 
 def run_local(
@@ -223,31 +213,8 @@ def run_local(
     dataset: Path | None,
     device: DeviceChoice,
 ) -> int:
-    """Start ``argv`` (from :meth:`JobSpec.apply_overrides`) here and wait.
-
-    Returns the job's exit code (128+N when signal N ended it).
-    """
-    if spec.image is not None:
-        raise RunnerError(
-            f"{spec.name} runs in its Docker image {spec.image} and has no local profile"
-        )
-    check_secrets(spec)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **spec.env, **extra_env, **device.env}
-    env[ENV_RUN_DIR] = str(run_dir.resolve())
-    env["PYTHONUNBUFFERED"] = "1"
-    if dataset is not None:
-        env[spec.dataset.env] = str(dataset)
-    try:
-        proc = subprocess.Popen(
-            _argv(argv),
-            env=env,
-            cwd=spec.workdir or None,
-            start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
-        )
-    except OSError as exc:
-        raise RunnerError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
-    with _forward_signals(proc):
-        code = proc.wait()
-    return 128 - code if code < 0 else code
+    """:func:`supervise_local`, returning only the exit code (128+N when signal N ended it;
+    3 when the agent stopped the run, 4 when the host is bad)."""
+    return supervise_local(
+        spec, argv, extra_env, run_dir=run_dir, dataset=dataset, device=device
+    ).exit_code

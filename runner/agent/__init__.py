@@ -3,8 +3,11 @@
     events     Event, EventLog, Status: the run folder's events.jsonl and status.json
     observe    Observation, Progress, Detector: what detectors see each tick
     detectors  one class per failure users hit (stall, power collapse, zombies, ...)
-    supervisor Supervisor: the process group, logs, sampling loop, restarts
+    progress   step progress from harness heartbeats or the job's log pattern
+    supervisor Supervisor: the process group, sampling loop, actions, restarts
+    restart    the restart budget and override rewriting (smaller batch on OOM)
     stacks     stack dumps of the whole tree (py-spy, faulthandler fallback)
+    logs       the bounded per-attempt log of the training process
 
 The agent never imports the CLI or any display code; ``runner watch`` reads the
 files it writes.

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import typer
 
 from runner import __version__
+from runner.cli import agent as agent_cmd
 from runner.cli import cloud as cloud_cmd
 from runner.cli import data as data_cmd
 from runner.cli import gpus as gpus_cmd
@@ -40,16 +41,17 @@ app = typer.Typer(
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(gpus_cmd.app, name="gpus")
+app.add_typer(agent_cmd.app, name="agent")
 app.command("train", context_settings={"allow_extra_args": False})(train_cmd.train)
 app.command("push")(hub_cmd.push)
 app.command("checkpoints")(hub_cmd.checkpoints)
 app.command("pull")(hub_cmd.pull)
 app.add_typer(hub_cmd.app, name="hub")
-app.command("offers")(cloud_cmd.offers)
-app.command("rent")(cloud_cmd.rent)
+app.command("offers", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.offers)
+app.command("rent", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.rent)
 app.add_typer(cloud_cmd.storage_app, name="storage")
-app.command("ps")(cloud_cmd.ps)
-app.command("down")(cloud_cmd.down)
+app.command("ps", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.ps)
+app.command("down", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.down)
 
 
 def _version(value: bool) -> None:

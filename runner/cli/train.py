@@ -21,9 +21,10 @@ def train(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Run JOB here: best free GPU (else CPU), its data (synthesised if none), resumable."""
+    """Run JOB here under the agent: best free GPU (else CPU), its data, resumable, watched."""
+    from runner.cli.agent import event_printer
     from runner.errors import RunnerError
-    from runner.local import pick_device, resolve_dataset, run_local, runs_dir
+    from runner.local import pick_device, resolve_dataset, runs_dir, supervise_local
     from runner.spec import load_job, local_profile
 
     spec = load_job(job)
@@ -42,9 +43,22 @@ def train(
     dataset = resolve_dataset(spec, data, display.info)
     folder = run_dir or runs_dir() / job
     display.info(f"run folder: {folder}")
-    code = run_local(spec, argv, extra_env, run_dir=folder, dataset=dataset, device=chosen)
-    if code == 2:
+    result = supervise_local(
+        spec,
+        argv,
+        extra_env,
+        run_dir=folder,
+        dataset=dataset,
+        device=chosen,
+        on_event=event_printer(everything=False),
+    )
+    code = result.exit_code
+    if code == 2 and result.state == "failed":
         # The job rejected its arguments and said why on its own line.
         raise typer.Exit(2)
+    if result.state == "stopped":
+        raise RunnerError(f"{job} {result.summary} (run folder: {folder})", exit_code=code)
     if code != 0:
         raise RunnerError(f"{job} exited with code {code} (run folder: {folder})", exit_code=code)
+    if result.restarts:
+        display.info(f"agent: {result.summary}")

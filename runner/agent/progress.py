@@ -1,0 +1,211 @@
+"""Step progress of the supervised attempt, from harness heartbeats or from log lines.
+
+Two sources, one :class:`~runner.agent.observe.Progress`:
+
+- the harness (``runner.harness``) rewrites ``RUN_DIR/heartbeat.json`` on every
+  step with the step, the phase (startup, train, checkpoint, done), the
+  checkpoint step and metrics; ``data_wait / step_time`` of each heartbeat seen
+  becomes a data-wait fraction;
+- a script that does not use the harness (DINO WM, LeRobot, openpi images) is
+  read from its output with the job's ``progress.pattern``, a regular
+  expression with a named group ``step`` (and optionally ``epoch``) searched in
+  every line. Lines are split on carriage returns too, so each redraw of a
+  tqdm bar is a line.
+
+Once a heartbeat of this attempt has been seen, the harness is the source and
+log lines are ignored. A heartbeat belongs to this attempt when the harness
+started after the attempt did: a heartbeat file left by an earlier attempt or
+an earlier run in the same folder never counts as progress.
+
+Times are the agent's: ``last_step_time`` is when the agent saw the step
+change, and ``intervals`` the seconds between such sightings, spread evenly
+over the steps made in between (at most :data:`HISTORY` kept).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.agent.observe import Progress
+from runner.harness import read_heartbeat
+
+__all__ = ["HISTORY", "ProgressTracker"]
+
+#: Recent step intervals and data-wait fractions kept (observe.Progress says 64).
+HISTORY = 64
+#: A heartbeat may be stamped this much before the attempt started (clock skew
+#: between the agent's and the trainer's reading of the same wall clock).
+_SLACK_S = 0.05
+
+
+class ProgressTracker:
+    """Turns heartbeats and log lines into :class:`Progress`, one attempt at a time.
+
+    ``run_dir`` is where the harness writes ``heartbeat.json`` (``None``: no
+    harness); ``pattern`` the job's ``progress.pattern`` (``None``: no log
+    parsing). Not thread-safe: the supervisor's loop owns it.
+    """
+
+    def __init__(self, run_dir: Path | None, pattern: str | None, *, history: int = HISTORY):
+        self.run_dir = run_dir
+        self.pattern = re.compile(pattern) if pattern else None
+        self.history = history
+        self.reset(0.0)
+
+    def reset(self, attempt_started: float) -> None:
+        """Forget everything: a new attempt started at ``attempt_started`` (wall time)."""
+        self.attempt_started = attempt_started
+        self._source: str = "none"
+        self._step: int | None = None
+        self._key: tuple[int, ...] | None = None
+        self._last_step_time: float | None = None
+        self._phase: str | None = None
+        self._intervals: deque[float] = deque(maxlen=self.history)
+        self._fractions: deque[float] = deque(maxlen=self.history)
+        self._metrics: dict[str, float] = {}
+        self._checkpoint_step: int | None = None
+        self._made: int | None = None
+        self.trainer_pid: int | None = None
+        self.heartbeat_time: float | None = None
+
+    @property
+    def progress(self) -> Progress:
+        """What has been seen so far in this attempt."""
+        return Progress(
+            source=self._source,  # type: ignore[arg-type]
+            step=self._step,
+            last_step_time=self._last_step_time,
+            phase=self._phase,
+            intervals=tuple(self._intervals),
+            metrics=dict(self._metrics),
+            data_wait_fractions=tuple(self._fractions),
+            checkpoint_step=self._checkpoint_step,
+        )
+
+    def steps_per_s(self) -> float | None:
+        """Recent rate: steps over the time between the agent's sightings (``None`` before two)."""
+        if not self._intervals:
+            return None
+        recent = list(self._intervals)[-16:]
+        mean = sum(recent) / len(recent)
+        return 1.0 / mean if mean > 0 else None
+
+    def update(
+        self, lines: Sequence[str], now: float, *, checkpoint_step: int | None = None
+    ) -> Progress:
+        """Read the heartbeat and ``lines`` (output since the last call) seen at ``now``.
+
+        ``checkpoint_step`` is the newest complete checkpoint the supervisor
+        found on disk; the harness's own figure wins when it has one.
+        """
+        self._made = None
+        beat = self._heartbeat()
+        if beat is not None:
+            self._from_heartbeat(beat)
+        elif self._source != "harness" and self.pattern is not None and lines:
+            self._from_lines(lines)
+        made = self._take_made()
+        if made is not None:
+            self._record(made, now)
+        if self._source != "harness" or self._checkpoint_step is None:
+            self._checkpoint_step = checkpoint_step
+        return self.progress
+
+    # -- heartbeat ---------------------------------------------------------------
+
+    def _heartbeat(self) -> dict[str, Any] | None:
+        if self.run_dir is None:
+            return None
+        beat = read_heartbeat(self.run_dir)
+        if beat is None:
+            return None
+        started = _number(beat.get("started"))
+        if started is None or started < self.attempt_started - _SLACK_S:
+            return None  # an earlier attempt's (or run's) heartbeat
+        return beat
+
+    def _from_heartbeat(self, beat: Mapping[str, Any]) -> None:
+        self._source = "harness"
+        pid = beat.get("pid")
+        self.trainer_pid = pid if isinstance(pid, int) else self.trainer_pid
+        self.heartbeat_time = _number(beat.get("time"))
+        phase = beat.get("phase")
+        self._phase = phase if isinstance(phase, str) else None
+        ck = beat.get("checkpoint_step")
+        if isinstance(ck, int):
+            self._checkpoint_step = ck
+        step = beat.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            return
+        metrics = beat.get("metrics")
+        if self._advance((step,), step) and isinstance(metrics, Mapping):
+            self._metrics = {
+                str(k): float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            }
+            wait, took = self._metrics.get("data_wait"), self._metrics.get("step_time")
+            if wait is not None and took is not None and took > 0:
+                self._fractions.append(min(1.0, max(0.0, wait / took)))
+
+    # -- log lines ---------------------------------------------------------------
+
+    def _from_lines(self, lines: Sequence[str]) -> None:
+        assert self.pattern is not None
+        has_epoch = "epoch" in self.pattern.groupindex
+        for line in lines:
+            match = self.pattern.search(line)
+            if match is None:
+                continue
+            try:
+                step = int(match.group("step"))
+                epoch = int(match.group("epoch")) if has_epoch and match.group("epoch") else None
+            except (TypeError, ValueError):
+                continue
+            key = (step,) if epoch is None else (epoch, step)
+            self._source = "log"
+            self._advance(key, step)
+
+    # -- both --------------------------------------------------------------------
+
+    def _advance(self, key: tuple[int, ...], step: int) -> bool:
+        """Record ``key`` (the step, or epoch and step); True if it moved.
+
+        The steps made are added up in ``_made`` (0 for the first sighting) and
+        turned into intervals once per update by :meth:`_record`.
+        """
+        if key == self._key:
+            return False
+        previous, previous_key = self._step, self._key
+        self._key, self._step = key, step
+        if previous is None or previous_key is None:
+            made = 0
+        elif previous_key[:-1] == key[:-1] and step > previous:
+            made = step - previous
+        else:
+            made = 1  # a new epoch or a counter that went back: one step at least
+        self._made = made if self._made is None else self._made + made
+        return True
+
+    def _take_made(self) -> int | None:
+        made, self._made = self._made, None
+        return made
+
+    def _record(self, made: int, now: float) -> None:
+        """The step moved by ``made`` since the last sighting: spread the time over them."""
+        last, self._last_step_time = self._last_step_time, now
+        if last is None or made <= 0:
+            return
+        elapsed = max(0.0, now - last)
+        self._intervals.extend([elapsed / made] * min(made, self.history))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None

@@ -1,0 +1,141 @@
+"""Progress from harness heartbeats and from log lines (tqdm's carriage returns included)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import harness
+from runner.agent.logs import split_lines
+from runner.agent.progress import HISTORY, ProgressTracker
+
+
+def _beat(run: Path, **fields: object) -> None:
+    record = {"pid": os.getpid(), "phase": "train", "time": time.time(), **fields}
+    (run / harness.HEARTBEAT_FILE).write_text(json.dumps(record))
+
+
+def test_no_source_is_none(tmp_path: Path) -> None:
+    tracker = ProgressTracker(tmp_path, None)
+    tracker.reset(100.0)
+    p = tracker.update(["step 5/10"], 101.0)
+    assert p.source == "none" and p.step is None and p.last_step_time is None
+
+
+def test_harness_heartbeat_gives_step_phase_metrics_and_data_wait(tmp_path: Path) -> None:
+    tracker = ProgressTracker(tmp_path, None)
+    tracker.reset(1000.0)
+    _beat(
+        tmp_path,
+        started=1000.5,
+        step=1,
+        metrics={"loss": 0.5, "data_wait": 0.02, "step_time": 0.1},
+        checkpoint_step=None,
+    )
+    p = tracker.update([], 1001.0)
+    assert (p.source, p.step, p.last_step_time, p.phase) == ("harness", 1, 1001.0, "train")
+    assert p.intervals == ()  # the first sighting has nothing to measure against
+    assert p.metrics["loss"] == 0.5
+    assert p.data_wait_fractions == pytest.approx((0.2,))
+    # Four steps later, two seconds on: four intervals of half a second.
+    _beat(
+        tmp_path,
+        started=1000.5,
+        step=5,
+        phase="checkpoint",
+        checkpoint_step=4,
+        metrics={"data_wait": 0.06, "step_time": 0.1, "tag": "x", "bad": float("nan")},
+    )
+    p = tracker.update([], 1003.0)
+    assert p.step == 5 and p.phase == "checkpoint" and p.checkpoint_step == 4
+    assert p.intervals == pytest.approx((0.5, 0.5, 0.5, 0.5))
+    assert set(p.metrics) == {"data_wait", "step_time"}  # numbers only, finite only
+    assert p.data_wait_fractions == pytest.approx((0.2, 0.6))
+    assert tracker.steps_per_s() == pytest.approx(2.0)
+    # No new step: nothing moves, last_step_time stays.
+    p = tracker.update([], 1010.0)
+    assert p.last_step_time == 1003.0 and len(p.intervals) == 4
+
+
+def test_heartbeat_of_an_earlier_attempt_is_not_progress(tmp_path: Path) -> None:
+    _beat(tmp_path, started=500.0, step=99)
+    tracker = ProgressTracker(tmp_path, r"^step (?P<step>\d+)")
+    tracker.reset(1000.0)
+    p = tracker.update(["step 3"], 1001.0)
+    assert p.source == "log" and p.step == 3  # the stale heartbeat is ignored
+
+
+def test_harness_wins_over_log_lines(tmp_path: Path) -> None:
+    tracker = ProgressTracker(tmp_path, r"^step (?P<step>\d+)")
+    tracker.reset(1000.0)
+    _beat(tmp_path, started=1000.1, step=7)
+    p = tracker.update(["step 100"], 1001.0)
+    assert (p.source, p.step) == ("harness", 7)
+    p = tracker.update(["step 200"], 1002.0)  # a later heartbeat-less tick: still harness
+    assert (p.source, p.step) == ("harness", 7)
+
+
+def test_log_pattern_with_tqdm_carriage_returns(tmp_path: Path) -> None:
+    tracker = ProgressTracker(None, r"(?P<step>\d+)/(?P<total>\d+) \[")
+    tracker.reset(0.0)
+    # What tqdm writes: one physical line redrawn with \r.
+    raw = b"\r  0%|          | 0/100 [00:00<?, ?it/s]\r 10%|#  | 10/100 [00:01<00:09]\r 20%|## "
+    head, lines, rest = split_lines(raw)
+    assert [line.decode() for line in lines] == [
+        "  0%|          | 0/100 [00:00<?, ?it/s]",
+        " 10%|#  | 10/100 [00:01<00:09]",
+    ]
+    assert rest == b" 20%|## " and head + rest == raw
+    p = tracker.update([line.decode() for line in lines], 1.0)
+    assert p.source == "log" and p.step == 10 and p.last_step_time == 1.0
+    p = tracker.update(["| 30/100 [00:03<00:07]"], 3.0)
+    assert p.step == 30 and p.intervals == pytest.approx([0.1] * 20)
+
+
+def test_several_lines_in_one_tick_share_its_time(tmp_path: Path) -> None:
+    tracker = ProgressTracker(None, r"^step (?P<step>\d+)")
+    tracker.reset(0.0)
+    tracker.update(["step 1"], 1.0)
+    p = tracker.update(["step 2", "noise", "step 3", "step 4"], 2.5)
+    assert p.step == 4 and p.intervals == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_epoch_and_step_pattern_counts_a_new_epoch_as_progress() -> None:
+    pattern = r"Epoch (?P<epoch>\d+).*?(?P<step>\d+)/(?P<total>\d+)"
+    tracker = ProgressTracker(None, pattern)
+    tracker.reset(0.0)
+    tracker.update(["Epoch 1: 99/100"], 1.0)
+    p = tracker.update(["Epoch 2: 0/100"], 2.0)  # the counter went back: still a step
+    assert p.step == 0 and p.last_step_time == 2.0 and p.intervals == (1.0,)
+    p = tracker.update(["Epoch 2: 0/100"], 3.0)  # the same line again: no progress
+    assert p.last_step_time == 2.0
+
+
+def test_history_is_bounded() -> None:
+    tracker = ProgressTracker(None, r"^step (?P<step>\d+)")
+    tracker.reset(0.0)
+    tracker.update(["step 0"], 1.0)
+    p = tracker.update(["step 100000"], 2.0)
+    assert len(p.intervals) == HISTORY
+    for i in range(1, 200):
+        p = tracker.update([f"step {100000 + i}"], 2.0 + i)
+    assert len(p.intervals) == HISTORY and p.intervals[-1] == pytest.approx(1.0)
+
+
+def test_reset_forgets_the_attempt(tmp_path: Path) -> None:
+    tracker = ProgressTracker(tmp_path, r"^step (?P<step>\d+)")
+    tracker.reset(0.0)
+    tracker.update(["step 4"], 1.0)
+    tracker.reset(10.0)
+    p = tracker.progress
+    assert p.step is None and p.source == "none" and p.intervals == ()
+
+
+def test_checkpoint_step_from_disk_when_the_harness_gives_none(tmp_path: Path) -> None:
+    tracker = ProgressTracker(None, r"^step (?P<step>\d+)")
+    tracker.reset(0.0)
+    assert tracker.update(["step 1"], 1.0, checkpoint_step=40).checkpoint_step == 40
