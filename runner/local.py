@@ -218,3 +218,37 @@ def run_local(
     return supervise_local(
         spec, argv, extra_env, run_dir=run_dir, dataset=dataset, device=device
     ).exit_code
+
+
+def resume_from_hub(spec: JobSpec, run_dir: Path, say: Say) -> int | None:
+    """Pull the job's newest pushed checkpoint when ``run_dir`` has none; its step, or None.
+
+    Only for the harness layout (the trainer finds a pulled checkpoint as its
+    newest complete one). A run folder with a checkpoint at least as new, a job
+    without a Hub repo, or a repo with nothing pushed yet is not an error.
+    """
+    if spec.hub is None or spec.checkpoints.layout != "harness":
+        return None
+    from runner.harness import latest_checkpoint
+    from runner.hub.client import HubClient, HubError
+    from runner.hub.pusher import pull_latest
+
+    folder = Path(spec.checkpoints.path)
+    dest = folder if folder.is_absolute() else run_dir / folder
+    local = latest_checkpoint(dest)
+    try:
+        pulled = pull_latest(
+            HubClient.from_env(), spec.hub.repo, dest, repo_type=spec.hub.repo_type
+        )
+    except HubError as err:
+        raise RunnerError(
+            f"cannot look for pushed checkpoints of {spec.hub.repo}: {err}; "
+            "pass --no-hub-resume to train without them"
+        ) from None
+    if pulled is None:
+        return None
+    step = latest_checkpoint(dest)
+    newest = step.step if step is not None else None
+    where = f"local newest is step {local.step}" if local is not None else "none here"
+    say(f"resume: pulled step {newest} from the Hub ({spec.hub.repo}; {where})")
+    return newest

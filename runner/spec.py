@@ -120,6 +120,10 @@ class HubSpec(_Model):
     repo: str
     repo_type: Literal["model", "dataset"] = "model"
     private: bool = True
+    push_interval_s: float = Field(30, gt=0, description="seconds between looks for new ones")
+    min_commit_interval_s: float = Field(
+        30, ge=0, description="least time between commits (the Hub allows ~128 per hour)"
+    )
 
 
 class OverrideSpec(_Model):

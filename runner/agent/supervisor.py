@@ -62,7 +62,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
 
 from runner.agent.events import Action, Event, EventLog, RunState, Status, read_events
 from runner.agent.logs import LOGS_DIR, MAX_LOG_BYTES, AttemptLog, attempt_log_path
@@ -80,6 +80,9 @@ from runner.agent.stacks import StackDump, dump_tree, find_py_spy, new_dump_dir
 from runner.errors import RunnerError
 from runner.harness import ENV_CHECKPOINT_DIR, ENV_RUN_DIR, latest_checkpoint
 from runner.sampling.procs import redact_cmdline
+
+if TYPE_CHECKING:
+    from runner.hub.pusher import Pusher
 from runner.sampling.sample import GpuSnapshotLike, GpuSource, Sample, Sampler, XidEventLike
 from runner.spec import JobSpec, RestartPolicy, WatchdogSpec
 
@@ -344,6 +347,8 @@ class Supervisor:
         log_max_bytes: int = MAX_LOG_BYTES,
         forward_signals: bool = True,
         py_spy: str | None = None,
+        pusher: Pusher | Literal["auto"] | None = "auto",
+        push_flush_s: float = 600.0,
     ) -> None:
         if not command:
             raise RunnerError("no command to supervise: pass one after --")
@@ -397,6 +402,10 @@ class Supervisor:
         self._summary = "starting"
         self._oom_reductions = 0
         self._used = False
+        self._pusher_arg = pusher
+        self.push_flush_s = push_flush_s
+        self._pusher: Pusher | None = None
+        self._making_space: threading.Thread | None = None
 
     # -- set-up ------------------------------------------------------------------
 
@@ -481,6 +490,10 @@ class Supervisor:
         argv, extra_env = list(self.command), dict(self.extra_env)
         note = ""
         self._write_status()
+        self._pusher = self._make_pusher()
+        if self._pusher is not None:
+            self._pusher.start()
+        ended_cleanly = False
         try:
             with self._signals():
                 while True:
@@ -488,7 +501,9 @@ class Supervisor:
                     self._watch(attempt, detectors)
                     decision = self._decide(attempt)
                     if not decision.restart:
-                        return self._finish(attempt, decision)
+                        result = self._finish(attempt, decision)
+                        ended_cleanly = True
+                        return result
                     delay = self._restart_delay()
                     self._announce_restart(attempt, decision, delay)
                     self._wake.clear()
@@ -497,7 +512,9 @@ class Supervisor:
                     if self._user_stop is not None:
                         code = attempt.returncode or 0
                         stopped = _Decision(False, "stopped", _exit_code(code), self._user_stop)
-                        return self._finish(attempt, stopped)
+                        result = self._finish(attempt, stopped)
+                        ended_cleanly = True
+                        return result
                     number += 1
                     argv = decision.argv or argv
                     extra_env = decision.extra_env if decision.extra_env is not None else extra_env
@@ -512,6 +529,71 @@ class Supervisor:
             raise
         finally:
             close_gpus()
+            self._close_pusher(flush=ended_cleanly)
+
+    # -- checkpoints to the Hub --------------------------------------------------
+
+    def _make_pusher(self) -> Pusher | None:
+        """The job's pusher: its Hub repo, with the token from the environment."""
+        if self._pusher_arg != "auto":
+            return self._pusher_arg
+        if self.job is None or self.job.hub is None or self.checkpoint_dir is None:
+            return None
+        from runner.hub.client import HubClient, HubError
+        from runner.hub.pusher import Pusher
+
+        repo = self.job.hub.repo
+        try:
+            client = HubClient.from_env()
+        except HubError as err:
+            self._emit(Event("push_disabled", "warning", f"no pushes to {repo}: {err}"))
+            return None
+        if not client.has_token:
+            self._emit(
+                Event(
+                    "push_disabled",
+                    "warning",
+                    f"checkpoints are not pushed to {repo}: no HF_TOKEN in the environment; "
+                    "they live on this disk only",
+                )
+            )
+            return None
+        return Pusher.from_spec(
+            client, self.job, self.run_dir, root=self.checkpoint_dir, events=self._emit
+        )
+
+    def _make_space(self, event: Event) -> None:
+        """Disk pressure: push and rotate on a side thread (it may upload for minutes)."""
+        pusher = self._pusher
+        if pusher is None or (self._making_space is not None and self._making_space.is_alive()):
+            return
+        size = self._checkpoints.poll().size_bytes or 0
+        needed = int(max(size * self.watchdog.disk_warn_factor, 1))
+
+        def run() -> None:
+            with contextlib.suppress(Exception):  # its failure is its own critical event
+                pusher.ensure_space(needed)
+
+        self._making_space = threading.Thread(target=run, name="make-space", daemon=True)
+        self._making_space.start()
+
+    def _close_pusher(self, *, flush: bool) -> None:
+        """Stop the pusher; after a run that ended normally, push what is left first."""
+        pusher, self._pusher = self._pusher, None
+        if pusher is None:
+            return
+        # flush() gives up once the pusher is stopping: flush first, then stop.
+        pushed_all = pusher.flush(self.push_flush_s) if flush else True
+        pusher.stop(timeout=self.push_flush_s)
+        if not pushed_all:
+            self._emit(
+                Event(
+                    "push_failed",
+                    "warning",
+                    f"some checkpoints were not pushed within {self.push_flush_s:.0f} s; "
+                    "they are on this disk: `runner push` them before this host goes",
+                )
+            )
 
     def request_stop(self, reason: str = "stopped on request") -> None:
         """Stop the run from another thread: SIGTERM to the group, SIGKILL after the grace period.
@@ -673,6 +755,8 @@ class Supervisor:
         for event in events:
             attempt.events.append(event)
             self._emit(event)
+            if event.kind in ("disk_low", "disk_full"):
+                self._make_space(event)
         if self._state == "running":
             self._summary = self._running_summary(attempt)
         self._write_status(attempt=attempt)

@@ -20,11 +20,22 @@ def train(
         None, "--run-dir", help="Run folder [default: runs/JOB]; the same folder resumes."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    hub_resume: bool = typer.Option(
+        True,
+        "--hub-resume/--no-hub-resume",
+        help="Pull the newest pushed checkpoint first when the run folder has none newer.",
+    ),
 ) -> None:
     """Run JOB here under the agent: best free GPU (else CPU), its data, resumable, watched."""
     from runner.cli.agent import event_printer
     from runner.errors import RunnerError
-    from runner.local import pick_device, resolve_dataset, runs_dir, supervise_local
+    from runner.local import (
+        pick_device,
+        resolve_dataset,
+        resume_from_hub,
+        runs_dir,
+        supervise_local,
+    )
     from runner.spec import load_job, local_profile
 
     spec = load_job(job)
@@ -43,6 +54,8 @@ def train(
     dataset = resolve_dataset(spec, data, display.info)
     folder = run_dir or runs_dir() / job
     display.info(f"run folder: {folder}")
+    if hub_resume:
+        resume_from_hub(spec, folder, display.info)
     result = supervise_local(
         spec,
         argv,

@@ -592,6 +592,8 @@ class Pusher:
             repo_type=spec.hub.repo_type,
             private=spec.hub.private,
             keep=ck.keep,
+            interval_s=spec.hub.push_interval_s,
+            min_commit_interval_s=spec.hub.min_commit_interval_s,
             reserve_bytes=base.reserve_bytes if base.reserve_bytes is not None else reserve,
         )
         return cls(api, spec.hub.repo, run_dir, ck.layout, root, config=config, events=events)
