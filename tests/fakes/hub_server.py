@@ -1747,3 +1747,28 @@ class HubServer:
         else:
             assert entry.sha256 is not None
             ex.send(status, self._store.read(entry.sha256, start, end), headers, length=length)
+
+
+def isolate_client(monkeypatch: Any, home: Path) -> Path:
+    """Point huggingface_hub in this process at the emulator's needs: Xet off (the emulator
+    speaks the classic LFS flow), its home, cache and token files under ``home``, no progress
+    bars, no telemetry. ``monkeypatch`` is pytest's; everything is undone after the test.
+
+    The client reads its environment once, at import; the constants it checks at call time are
+    patched too, so this works whichever test imported it first.
+    """
+    from huggingface_hub import constants
+
+    values = {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+        monkeypatch.setattr(constants, name, value)
+    for name in ("HF_HUB_DISABLE_XET", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(name, "1")
+        monkeypatch.setattr(constants, name, True)
+    return home

@@ -26,7 +26,6 @@ from huggingface_hub import (
     HfApi,
     RepoFile,
     RepoFolder,
-    constants,
 )
 from huggingface_hub import hf_hub_download as _hf_hub_download
 from huggingface_hub import snapshot_download as _snapshot_download
@@ -37,7 +36,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.fakes.hub_server import HubServer, RequestRecord
+from tests.fakes.hub_server import HubServer, RequestRecord, isolate_client
 
 BIG = 12 * 1024 * 1024
 REPO = "runner-test/ckpt"
@@ -50,25 +49,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 @pytest.fixture
 def hf_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """The in-process client: Xet off, its cache and token files under tmp, no progress bars.
-
-    huggingface_hub reads its environment once, at import; the constants it then checks at call
-    time are patched as well, so this works whichever test imported it first.
-    """
-    home = tmp_path / "hf_home"
-    values = {
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"),
-        "HF_TOKEN_PATH": str(home / "token"),
-        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-        monkeypatch.setattr(constants, name, value)
-    for name in ("HF_HUB_DISABLE_XET", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(name, "1")
-        monkeypatch.setattr(constants, name, True)
-    return home
+    """The in-process client isolated for the emulator (see ``isolate_client``)."""
+    return isolate_client(monkeypatch, tmp_path / "hf_home")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from runner.agent.events import Event, read_events
 from runner.harness import save_checkpoint
 from runner.hub.client import HubClient
 from tests.fakes import hub_server
-from tests.fakes.hub_server import HubServer, RequestRecord
+from tests.fakes.hub_server import HubServer, RequestRecord, isolate_client
 
 __all__ = [
     "BIG",
@@ -56,28 +56,8 @@ BIG = 11 * 1024 * 1024  # over the Hub's 10 MB rule: always an LFS file
 
 @pytest.fixture(name="hf_env")
 def hf_env_fixture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """huggingface_hub in this process: Xet off (the emulator speaks the classic LFS flow), its
-    home, cache and token files under tmp, no progress bars, no telemetry.
-
-    The client reads its environment once, at import; the constants it checks at call time are
-    patched too, so this works whichever test imported it first.
-    """
-    from huggingface_hub import constants
-
-    home = tmp_path / "hf_home"
-    values = {
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"),
-        "HF_TOKEN_PATH": str(home / "token"),
-        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-        monkeypatch.setattr(constants, name, value)
-    for name in ("HF_HUB_DISABLE_XET", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(name, "1")
-        monkeypatch.setattr(constants, name, True)
-    return home
+    """The in-process client isolated for the emulator (see ``isolate_client``)."""
+    return isolate_client(monkeypatch, tmp_path / "hf_home")
 
 
 @pytest.fixture(name="hub")
