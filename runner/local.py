@@ -204,22 +204,6 @@ def supervise_local(
     return supervisor.run()
 
 
-def run_local(
-    spec: JobSpec,
-    argv: list[str],
-    extra_env: dict[str, str],
-    *,
-    run_dir: Path,
-    dataset: Path | None,
-    device: DeviceChoice,
-) -> int:
-    """:func:`supervise_local`, returning only the exit code (128+N when signal N ended it;
-    3 when the agent stopped the run, 4 when the host is bad)."""
-    return supervise_local(
-        spec, argv, extra_env, run_dir=run_dir, dataset=dataset, device=device
-    ).exit_code
-
-
 def resume_from_hub(spec: JobSpec, run_dir: Path, say: Say) -> int | None:
     """Pull the job's newest pushed checkpoint when ``run_dir`` has none; its step, or None.
 
