@@ -13,6 +13,7 @@ import pytest
 
 from runner.cli import main
 from runner.harness import latest_checkpoint, list_checkpoints, read_heartbeat, verify_checkpoint
+from tests.cli import run_train
 from tests.conftest import REPO, RUNNER_BIN
 
 # Small enough for a few seconds of CPU; the README's command uses the job's defaults.
@@ -41,18 +42,6 @@ def _the_error(stderr: str) -> str:
     return errors[0]
 
 
-def _train(args: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(RUNNER_BIN), "train", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-        **kw,  # type: ignore[call-overload]
-    )
-
-
 @pytest.mark.slow
 def test_train_synthesises_data_trains_checkpoints_and_resumes(
     tmp_path: Path, subprocess_env: dict[str, str]
@@ -60,7 +49,7 @@ def test_train_synthesises_data_trains_checkpoints_and_resumes(
     env = _small_data(subprocess_env, tmp_path)
     data = tmp_path / "data" / "franka_cube_stack_synthetic"
     _synth(data)  # the job's own synthetic size takes longer; reuse is what we test here
-    first = _train(["franka_cube_stack", *TINY], env)
+    first = run_train(["franka_cube_stack", *TINY], env)
     assert first.returncode == 0, first.stderr
     assert "device: CPU" in first.stderr
     assert f"dataset: synthetic, reusing {data}" in first.stderr
@@ -69,7 +58,7 @@ def test_train_synthesises_data_trains_checkpoints_and_resumes(
     assert all(verify_checkpoint(c) == [] for c in list_checkpoints(run / "checkpoints"))
     assert read_heartbeat(run)["phase"] == "done"
 
-    again = _train(["franka_cube_stack", *TINY[1:], "training.steps=32"], env)
+    again = run_train(["franka_cube_stack", *TINY[1:], "training.steps=32"], env)
     assert again.returncode == 0, again.stderr
     resumed = [
         line
@@ -94,7 +83,7 @@ def test_first_run_without_data_says_where_it_synthesised(
     )
     (jobs / "franka_cube_stack.yaml").write_text(text)
     env["RUNNER_JOBS_DIR"] = str(jobs)
-    done = _train(["franka_cube_stack", "training.steps=4", "img_size=32"], env)
+    done = run_train(["franka_cube_stack", "training.steps=4", "img_size=32"], env)
     assert done.returncode == 0, done.stderr
     where = tmp_path / "data" / "franka_cube_stack_synthetic"
     assert (
@@ -150,7 +139,7 @@ def test_sigkill_during_training_saves_keeps_a_complete_newest(
         assert state["step"] == ck.step
         assert ck.step >= newest
         newest = ck.step
-    resumed = _train(["franka_cube_stack", f"training.steps={newest + 2}", "img_size=32"], env)
+    resumed = run_train(["franka_cube_stack", f"training.steps={newest + 2}", "img_size=32"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from step {newest} " in resumed.stdout + resumed.stderr
 
@@ -234,13 +223,13 @@ def test_bad_override_is_one_line_from_the_trainer(
 ) -> None:
     env = _small_data(subprocess_env, tmp_path)
     _synth(tmp_path / "data" / "franka_cube_stack_synthetic")
-    done = _train(["franka_cube_stack", "training.bach_size=8"], env)
+    done = run_train(["franka_cube_stack", "training.bach_size=8"], env)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "training.bach_size" in errors[0]
     assert "training.batch_size" in errors[0]  # the suggestion
     assert "Traceback" not in done.stderr
-    malformed = _train(["franka_cube_stack", "frameskip"], env)
+    malformed = run_train(["franka_cube_stack", "frameskip"], env)
     assert malformed.returncode == 2
     assert malformed.stderr.strip().splitlines()[-1] == (
         "error: bad override 'frameskip': expected key=value, e.g. frameskip=5"

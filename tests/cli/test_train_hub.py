@@ -10,7 +10,8 @@ import pytest
 
 from runner.agent.events import read_events
 from runner.harness import latest_checkpoint, verify_checkpoint
-from tests.conftest import REPO, RUNNER_BIN
+from tests.cli import run_train
+from tests.conftest import REPO
 from tests.fakes.hub_server import HubServer
 
 REPO_ID = "runner-test/franka-wm"
@@ -27,14 +28,7 @@ def _job_with_hub(jobs: Path) -> None:
 
 
 def _train(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(RUNNER_BIN), "train", "franka_cube_stack", "img_size=32", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-    )
+    return run_train(["franka_cube_stack", "img_size=32", *args], env)
 
 
 @pytest.mark.slow
