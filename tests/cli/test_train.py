@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,29 +105,8 @@ def test_sigkill_during_training_saves_keeps_a_complete_newest(
     rng = random.Random(7)
     newest = -1
     for _ in range(5):
-        proc = subprocess.Popen(
-            [
-                str(RUNNER_BIN),
-                "train",
-                "franka_cube_stack",
-                "training.steps=100000",
-                "training.save_every=1",
-                "training.log_every=1000",
-                "img_size=32",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        start_step = newest
-        while time.monotonic() < deadline:
-            beat = read_heartbeat(run)
-            if beat and beat.get("step") is not None and beat["step"] > start_step + 2:
-                break
-            time.sleep(0.05)
+        proc = _start_training(env, "training.save_every=1", "training.log_every=1000")
+        _wait_for_step(run, above=newest + 2)
         time.sleep(rng.uniform(0.0, 0.3))
         trainer = read_heartbeat(run)["pid"]
         os.kill(trainer, signal.SIGKILL)
@@ -151,23 +131,38 @@ def test_killing_runner_takes_the_training_process_with_it(
     env = _small_data(subprocess_env, tmp_path)
     _synth(tmp_path / "data" / "franka_cube_stack_synthetic")
     run = tmp_path / "runs" / "franka_cube_stack"
-    proc = subprocess.Popen(
-        [str(RUNNER_BIN), "train", "franka_cube_stack", "training.steps=100000", "img_size=32"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while (beat := read_heartbeat(run)) is None or beat.get("step") is None:
-        assert time.monotonic() < deadline, "the trainer never stepped"
-        time.sleep(0.05)
+    proc = _start_training(env, session=False)
+    beat = _wait_for_step(run, above=-1)
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 10
     while _alive(beat["pid"]):
         assert time.monotonic() < deadline, "the trainer outlived runner as an orphan"
         time.sleep(0.05)
+
+
+def _start_training(
+    env: dict[str, str], *overrides: str, session: bool = True
+) -> subprocess.Popen[bytes]:
+    """A long ``runner train`` in the background (stopped by the test)."""
+    argv = [str(RUNNER_BIN), "train", "franka_cube_stack", "training.steps=100000", "img_size=32"]
+    return subprocess.Popen(
+        [*argv, *overrides],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=session,
+    )
+
+
+def _wait_for_step(run: Path, *, above: int, timeout_s: float = 120) -> dict[str, Any]:
+    """The trainer's heartbeat once its step is past ``above``."""
+    deadline = time.monotonic() + timeout_s
+    while (beat := read_heartbeat(run)) is None or (beat.get("step") or -1) <= above:
+        assert time.monotonic() < deadline, f"the trainer never stepped past {above}"
+        time.sleep(0.05)
+    return beat
 
 
 def _alive(pid: int) -> bool:
