@@ -52,8 +52,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runner.agent.events import Event, read_events  # noqa: E402
 from runner.agent.supervisor import Supervisor  # noqa: E402
+from runner.rundir import Event, read_events  # noqa: E402
 from runner.sampling.nvml import GpuSnapshot, Nvml  # noqa: E402
 from runner.sampling.sample import NoGpus  # noqa: E402
 from runner.sampling.trace import FakeNvml, Scenario  # noqa: E402

@@ -26,8 +26,8 @@ from runner.errors import DatasetError, DeviceError, RunnerError, SecretError
 from runner.spec import JobSpec
 
 if TYPE_CHECKING:
-    from runner.agent.events import Event
     from runner.agent.supervisor import SupervisorResult
+    from runner.rundir import Event
     from runner.sampling.nvml import GpuSnapshot
 
 Say = Callable[[str], None]

@@ -28,9 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from runner.rundir import LOGS_DIR, attempt_log_path
+
 __all__ = ["LOGS_DIR", "AttemptLog", "attempt_log_path", "split_lines"]
 
-LOGS_DIR = "logs"
 #: Default bound of one attempt's log file before it rotates.
 MAX_LOG_BYTES = 64 << 20
 #: Longest line handed to detectors, in characters (the log keeps it whole).
@@ -40,11 +41,6 @@ MAX_PENDING_LINES = 5000
 _READ = 1 << 16
 #: A partial line longer than this is written out (and handed on) without its end.
 _MAX_PARTIAL = 1 << 16
-
-
-def attempt_log_path(run_dir: Path | str, attempt: int) -> Path:
-    """``RUN_DIR/logs/attempt-N.log``."""
-    return Path(run_dir) / LOGS_DIR / f"attempt-{attempt}.log"
 
 
 def split_lines(data: bytes) -> tuple[bytes, list[bytes], bytes]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from runner.agent.events import Event
+from runner.rundir import Event
 from runner.sampling.sample import Sample
 from runner.spec import WatchdogSpec
 

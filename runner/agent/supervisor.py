@@ -64,7 +64,6 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
 
-from runner.agent.events import Action, Event, EventLog, RunState, Status, read_events
 from runner.agent.logs import LOGS_DIR, MAX_LOG_BYTES, AttemptLog, attempt_log_path
 from runner.agent.observe import Detector, Observation
 from runner.agent.progress import ProgressTracker
@@ -79,6 +78,7 @@ from runner.agent.restart import (
 from runner.agent.stacks import StackDump, dump_tree, find_py_spy, new_dump_dir
 from runner.errors import RunnerError
 from runner.harness import ENV_CHECKPOINT_DIR, ENV_RUN_DIR, latest_checkpoint
+from runner.rundir import Action, Event, EventLog, RunState, Status, read_events
 from runner.sampling.procs import redact_cmdline
 
 if TYPE_CHECKING:

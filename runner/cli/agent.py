@@ -11,7 +11,7 @@ import typer
 from runner.cli._app import app as display
 
 if TYPE_CHECKING:
-    from runner.agent.events import Event
+    from runner.rundir import Event
 
 _EPILOG = (
     "Exit codes: 0 finished; the command's own code (128+N for signal N) when it failed by "

@@ -50,12 +50,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.agent.events import Event, EventLog, Severity
 from runner.errors import CheckpointError, RunnerError
 from runner.harness import MANIFEST_FILE, MANIFEST_FORMAT, checkpoint_name, list_checkpoints
 from runner.hub.client import HubApi, HubClient, HubError, RemoteFile, RepoType, redact
 from runner.hub.discovery import LAYOUTS, Layout, LocalCheckpoint, Scan, Scanner
 from runner.hub.rotation import Deleted, plan_rotation, rotate
+from runner.rundir import PUSH_STATE_FILE, Event, EventLog, Severity
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -80,7 +80,7 @@ __all__ = [
     "retag",
 ]
 
-STATE_FILE = "push-state.json"
+STATE_FILE = PUSH_STATE_FILE
 STATE_FORMAT = 1
 REMOTE_ROOT = "checkpoints"
 LATEST_TAG = "latest"

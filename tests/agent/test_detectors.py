@@ -41,8 +41,8 @@ from runner.agent.detectors import (
     ZombieWorkersDetector,
     default_detectors,
 )
-from runner.agent.events import Event
 from runner.agent.observe import Detector, Observation, Progress
+from runner.rundir import Event
 from runner.sampling.host import DiskSnapshot, HostSampler, HostSnapshot
 from runner.sampling.nvml import CLOCK_EVENT_REASONS, GpuSnapshot, Nvml, XidEvent
 from runner.sampling.procs import ProcessSnapshot, ProcessTree, ProcessTreeSampler

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from runner.agent.events import Event, read_events, read_status
 from runner.agent.stacks import find_py_spy
 from runner.agent.supervisor import EXIT_BAD_HOST, EXIT_STOPPED, Supervisor, SupervisorResult
+from runner.rundir import Event, read_events, read_status
 from runner.sampling.nvml import GpuSnapshot, Nvml
 from runner.sampling.trace import FakeNvml, Scenario
 from runner.spec import JobSpec, RestartPolicy, WatchdogSpec, load_job

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from runner.agent.events import Action, Event, read_events, read_status
 from runner.agent.logs import AttemptLog
 from runner.agent.observe import Observation
 from runner.agent.restart import RestartBudget, current_value, guess_style, halve, set_override
@@ -30,6 +29,7 @@ from runner.agent.stacks import find_py_spy
 from runner.agent.supervisor import EXIT_BAD_HOST, EXIT_STOPPED, Supervisor, SupervisorResult
 from runner.cli import main
 from runner.errors import RunnerError
+from runner.rundir import Action, Event, read_events, read_status
 from runner.sampling.nvml import Nvml
 from runner.sampling.trace import FakeNvml, Scenario
 from runner.spec import JobSpec, RestartPolicy, WatchdogSpec

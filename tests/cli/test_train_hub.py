@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.agent.events import read_events
 from runner.harness import latest_checkpoint, verify_checkpoint
+from runner.rundir import read_events
 from tests.cli import run_train
 from tests.conftest import REPO
 from tests.fakes.hub_server import HubServer

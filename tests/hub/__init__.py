@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from runner.agent.events import Event, read_events
 from runner.harness import save_checkpoint
 from runner.hub.client import HubClient
+from runner.rundir import Event, read_events
 from tests.fakes import hub_server
 from tests.fakes.hub_server import HubServer, RequestRecord, isolate_client
 

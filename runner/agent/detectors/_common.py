@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.agent.events import Action, Event, Severity
 from runner.agent.observe import Observation, Progress
+from runner.rundir import Action, Event, Severity
 from runner.sampling.host import DiskSnapshot
 from runner.sampling.nvml import CLOCK_EVENT_REASONS, GpuSnapshot, XidEvent
 from runner.sampling.procs import ProcessSnapshot, ProcessTree

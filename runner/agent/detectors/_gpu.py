@@ -26,8 +26,8 @@ from runner.agent.detectors._common import (
     num,
     xids_of,
 )
-from runner.agent.events import Event, Severity
 from runner.agent.observe import Observation
+from runner.rundir import Event, Severity
 from runner.sampling.nvml import CLOCK_EVENT_REASONS, GpuSnapshot
 from runner.spec import WatchdogSpec
 

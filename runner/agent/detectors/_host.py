@@ -23,8 +23,8 @@ from runner.agent.detectors._common import (
     python_processes,
     workers,
 )
-from runner.agent.events import Event
 from runner.agent.observe import Observation
+from runner.rundir import Event
 from runner.sampling.host import DiskSnapshot
 from runner.spec import WatchdogSpec
 

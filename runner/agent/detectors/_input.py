@@ -21,8 +21,8 @@ from runner.agent.detectors._common import (
     num,
     workers,
 )
-from runner.agent.events import Event
 from runner.agent.observe import Observation
+from runner.rundir import Event
 from runner.spec import WatchdogSpec
 
 #: Utilisation window: 6 x the longest step interval (so each quarter of it holds a

@@ -14,8 +14,8 @@ from runner.agent.detectors._common import (
     make_event,
     num,
 )
-from runner.agent.events import Event
 from runner.agent.observe import Observation
+from runner.rundir import Event
 from runner.spec import WatchdogSpec
 
 # -- OOM -------------------------------------------------------------------------

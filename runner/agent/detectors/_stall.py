@@ -26,8 +26,8 @@ from runner.agent.detectors._common import (
     processes,
     workers,
 )
-from runner.agent.events import Event
 from runner.agent.observe import Observation
+from runner.rundir import Event
 from runner.sampling.nvml import GpuSnapshot
 from runner.sampling.procs import ProcessSnapshot
 from runner.spec import WatchdogSpec

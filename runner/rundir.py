@@ -1,4 +1,19 @@
-"""Events and status: what the agent tells the world, through the run folder.
+"""The run folder: the contract between the harness, the agent, the pusher, launch and watch.
+
+Everything the control side shows is read from this folder, locally or over SSH;
+nothing reaches into the agent's memory. This module is its schema, below every
+layer that writes or reads it (it imports only :mod:`runner.harness`, for the
+training process's own files), so a viewer never imports the agent::
+
+    RUN_DIR/
+      heartbeat.json      the training process's step, phase and metrics (harness)
+      metrics.jsonl       one line per step, at most one per second (harness)
+      events.jsonl        the agent's events, one JSON object per line (this module)
+      status.json         the run's state now and the agent's heartbeat (this module)
+      logs/attempt-N.log  the training process's output, per attempt
+      stacks/             stack dumps, NNN-<event>/pid-P.txt
+      push-state.json     what the pusher confirmed on the Hub
+      launch.json         how the run was launched (run id, job, backend, forced items)
 
 ``events.jsonl`` is append-only, one JSON object per line, fsynced on each
 write, so a host that dies keeps every event written before. ``status.json``
@@ -6,7 +21,7 @@ is rewritten atomically every tick; its ``agent_time`` is the agent's own
 heartbeat, so the control side can tell a dead host (status stops changing)
 from a quiet run (status changes, steps do not).
 
-Both are read by ``runner watch``; this module is the schema.
+Both are read by ``runner watch`` and ``runner runs``.
 """
 
 from __future__ import annotations
@@ -21,9 +36,44 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.harness import HEARTBEAT_FILE, METRICS_FILE, STACKS_DIR, read_heartbeat
+
+__all__ = [
+    "ACTIONS",
+    "EVENTS_FILE",
+    "EVENTS_FORMAT",
+    "HEARTBEAT_FILE",
+    "LAUNCH_FILE",
+    "LOGS_DIR",
+    "METRICS_FILE",
+    "PUSH_STATE_FILE",
+    "SEVERITIES",
+    "STACKS_DIR",
+    "STATUS_FILE",
+    "Action",
+    "Event",
+    "EventLog",
+    "RunState",
+    "Severity",
+    "Status",
+    "attempt_log_path",
+    "read_events",
+    "read_heartbeat",
+    "read_status",
+]
+
 EVENTS_FILE = "events.jsonl"
 STATUS_FILE = "status.json"
+LOGS_DIR = "logs"
+PUSH_STATE_FILE = "push-state.json"
+LAUNCH_FILE = "launch.json"
 EVENTS_FORMAT = 1
+
+
+def attempt_log_path(run_dir: Path | str, attempt: int) -> Path:
+    """``RUN_DIR/logs/attempt-N.log``."""
+    return Path(run_dir) / LOGS_DIR / f"attempt-{attempt}.log"
+
 
 Severity = Literal["info", "warning", "critical"]
 #: What the agent does about an event: nothing, take stack dumps, restart the
