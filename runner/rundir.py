@@ -40,6 +40,7 @@ from runner.harness import HEARTBEAT_FILE, METRICS_FILE, STACKS_DIR, read_heartb
 
 __all__ = [
     "ACTIONS",
+    "BACKENDS",
     "EVENTS_FILE",
     "EVENTS_FORMAT",
     "HEARTBEAT_FILE",
@@ -51,14 +52,18 @@ __all__ = [
     "STACKS_DIR",
     "STATUS_FILE",
     "Action",
+    "Backend",
+    "EndPolicy",
     "Event",
     "EventLog",
+    "Launch",
     "RunState",
     "Severity",
     "Status",
     "attempt_log_path",
     "read_events",
     "read_heartbeat",
+    "read_launch",
     "read_status",
 ]
 
@@ -248,3 +253,92 @@ def read_status(run_dir: Path | str) -> Status | None:
         return Status.from_dict(data)
     except (TypeError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- launch.json
+
+Backend = Literal["local", "docker", "vast"]
+#: What happens to a rented instance when its run ends and its checkpoints are on the Hub.
+EndPolicy = Literal["destroy", "stop", "keep"]
+BACKENDS: tuple[Backend, ...] = ("local", "docker", "vast")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a run was launched: ``RUN_DIR/launch.json``, written by ``runner launch``.
+
+    It is all the agent on the host needs to start the run (``runner agent start
+    RUN_DIR``): the resolved job spec travels with the run, so the host runs what the
+    user checked, not whatever job file its image carries. Secrets are named here,
+    never given: their values reach the agent at start (container environment, or
+    SSH standard input) and are never written to disk.
+    """
+
+    run_id: str
+    job: str
+    backend: Backend
+    spec: Mapping[str, Any]
+    """The resolved :class:`runner.spec.JobSpec` (``model_dump(mode="json")``)."""
+    argv: tuple[str, ...]
+    """The training command, overrides applied."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Environment for the training process beyond the host's: the job's, the overrides'."""
+    profile: str | None = None
+    created: float = field(default_factory=time.time)
+    secret_names: tuple[str, ...] = ()
+    """Secrets the agent must be handed at start (names only)."""
+    dataset: str | None = None
+    """The dataset folder as the training process sees it (host or container path)."""
+    workdir: str | None = None
+    resume: bool = False
+    """Pull the newest pushed checkpoint before the first attempt."""
+    forced: tuple[str, ...] = ()
+    """Pre-flight items that failed and were overridden with ``--force``."""
+    instance_id: int | None = None
+    dph_total: float | None = None
+    """Dollars per hour of the instance (cost so far = hours x this)."""
+    max_hours: float | None = None
+    max_cost: float | None = None
+    end_policy: EndPolicy = "destroy"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["v"] = EVENTS_FORMAT
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Launch:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in ("argv", "secret_names", "forced"):
+            known[name] = tuple(known.get(name) or ())
+        return cls(**known)
+
+    def write(self, run_dir: Path | str) -> Path:
+        """Write ``launch.json`` atomically; returns its path."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(run_dir / LAUNCH_FILE, json.dumps(self.to_dict(), indent=1, default=str))
+        return run_dir / LAUNCH_FILE
+
+
+def read_launch(run_dir: Path | str) -> Launch | None:
+    """The run's ``launch.json``, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((Path(run_dir) / LAUNCH_FILE).read_text(encoding="utf-8"))
+        return Launch.from_dict(data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -79,7 +79,7 @@ def run(
     """Run COMMAND (or the job's command) under the agent until it finishes or is stopped."""
     from runner.agent.supervisor import Supervisor
     from runner.errors import RunnerError, UsageError
-    from runner.local import runs_dir
+    from runner.launch.local import runs_dir
     from runner.spec import load_job
 
     spec = load_job(job, profile=profile) if job else None
@@ -107,6 +107,22 @@ def run(
         on_event=event_printer(everything=True),
     )
     result = supervisor.run()
+    if result.exit_code != 0:
+        raise RunnerError(result.summary, exit_code=result.exit_code)
+    display.info(f"agent: {result.summary}")
+
+
+@app.command("start", epilog=_EPILOG)
+def start(
+    run_dir: Path = typer.Argument(
+        ..., help="Run folder with the launch.json `runner launch` wrote."
+    ),
+) -> None:
+    """Run what RUN_DIR/launch.json says under the agent (what `runner launch` starts on a host)."""
+    from runner.errors import RunnerError
+    from runner.launch.hostside import start_run
+
+    result = start_run(run_dir, say=display.info, on_event=event_printer(everything=True))
     if result.exit_code != 0:
         raise RunnerError(result.summary, exit_code=result.exit_code)
     display.info(f"agent: {result.summary}")

@@ -29,7 +29,7 @@ def train(
     """Run JOB here under the agent: best free GPU (else CPU), its data, resumable, watched."""
     from runner.cli.agent import event_printer
     from runner.errors import RunnerError
-    from runner.local import (
+    from runner.launch.local import (
         pick_device,
         resolve_dataset,
         resume_from_hub,

@@ -185,7 +185,7 @@ def test_job_without_local_profile_is_one_line(capsys: pytest.CaptureFixture[str
 
 def test_cuda_on_a_machine_without_gpus_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("pynvml")
-    from runner.local import _visible_gpus
+    from runner.launch.local import _visible_gpus
 
     if _visible_gpus()[0]:
         pytest.skip("this machine has a GPU")

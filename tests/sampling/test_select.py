@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runner.errors import DeviceError, UsageError
-from runner.local import pick_device
+from runner.launch.local import pick_device
 from runner.sampling.nvml import GpuProcess, GpuSnapshot
 from runner.sampling.select import (
     Filters,

@@ -1,0 +1,194 @@
+"""The run registry: every run this machine launched, where it runs and how it stands.
+
+It lives in the same SQLite file as the instances (:class:`runner.cloud.registry.Registry`),
+table ``runs``. ``runner launch`` adds a row before anything is started; ``runner runs``
+refreshes each live row from the run folder (locally, or over SSH for a rented host) and
+shows it. The state here is the control side's view:
+
+- ``launching``: launch began (pre-flight passed, host being rented or started);
+- ``running``: the agent wrote a status recently;
+- ``silent``: the agent's own heartbeat stopped (host or agent unreachable): never shown as
+  running;
+- ``finished`` / ``failed`` / ``stopped``: what the agent said at the end;
+- ``lost``: the host is gone and no end state was ever read.
+
+Every call opens its own short connection; writes are single statements.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from runner.cloud.registry import state_dir
+from runner.errors import RunnerError
+
+__all__ = ["ENDED_STATES", "SILENT_AFTER_S", "RunRecord", "Runs", "new_run_id"]
+
+#: The agent rewrites status.json every tick; this much silence means it is not there.
+SILENT_AFTER_S = 60.0
+#: States a run does not leave.
+ENDED_STATES = frozenset({"finished", "failed", "stopped", "lost"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    profile TEXT,
+    backend TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    instance_id INTEGER,
+    ssh_host TEXT,
+    ssh_port INTEGER,
+    container TEXT,
+    started REAL NOT NULL,
+    state TEXT NOT NULL,
+    step INTEGER,
+    last_pushed_step INTEGER,
+    hub_repo TEXT,
+    dph_total REAL,
+    cost REAL,
+    forced TEXT,
+    exit_code INTEGER,
+    summary TEXT,
+    ended REAL,
+    updated REAL NOT NULL
+);
+"""
+
+
+def new_run_id(job: str) -> str:
+    """``JOB-YYYYmmdd-HHMMSS-xxxx``: sortable by time, unique, readable."""
+    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run, as the registry remembers it."""
+
+    run_id: str
+    job: str
+    backend: str
+    run_dir: str
+    """The run folder on the machine that runs it (for vast: a path on the instance)."""
+    started: float
+    state: str
+    updated: float
+    profile: str | None = None
+    instance_id: int | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    container: str | None = None
+    step: int | None = None
+    last_pushed_step: int | None = None
+    hub_repo: str | None = None
+    dph_total: float | None = None
+    cost: float | None = None
+    """Dollars so far (rented runs): hours from start to now, or to the end, x dph_total."""
+    forced: str | None = None
+    """Pre-flight items overridden with --force, comma-separated."""
+    exit_code: int | None = None
+    summary: str | None = None
+    ended: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state not in ENDED_STATES
+
+    def cost_at(self, now: float | None = None) -> float | None:
+        """Dollars spent by ``now`` (or by the end), from the hourly price."""
+        if self.dph_total is None:
+            return None
+        end = self.ended if self.ended is not None else (now or time.time())
+        return max(0.0, end - self.started) / 3600.0 * self.dph_total
+
+
+_COLUMNS = tuple(f.name for f in fields(RunRecord))
+
+
+class Runs:
+    """The ``runs`` table of the registry at ``path`` (default: the instances' file)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path if path is not None else state_dir() / "registry.sqlite"
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=10.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise RunnerError(f"cannot open the run registry {self.path}: {exc}") from None
+        with closing(conn):
+            conn.row_factory = sqlite3.Row
+            try:
+                conn.executescript(_SCHEMA)
+                with conn:
+                    yield conn
+            except sqlite3.Error as exc:
+                raise RunnerError(f"the run registry {self.path} failed: {exc}") from None
+
+    def add(self, record: RunRecord) -> None:
+        values = [getattr(record, c) for c in _COLUMNS]
+        marks = ", ".join("?" for _ in _COLUMNS)
+        with self._db() as db:
+            db.execute(f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({marks})", values)
+
+    def update(self, run_id: str, **changes: Any) -> RunRecord:
+        """Change some fields of a run (``updated`` is stamped); returns the new record."""
+        unknown = set(changes) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        changes["updated"] = time.time()
+        if changes.get("state") in ENDED_STATES and "ended" not in changes:
+            changes["ended"] = changes["updated"]
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        with self._db() as db:
+            db.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*changes.values(), run_id])
+        found = self.get(run_id)
+        if found is None:
+            raise RunnerError(f"no run {run_id!r} in the registry; `runner runs` lists them")
+        return found
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _record(row) if row is not None else None
+
+    def all(self) -> list[RunRecord]:
+        """Every run, oldest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY started, run_id").fetchall()
+        return [_record(r) for r in rows]
+
+    def find(self, ref: str | None = None) -> RunRecord:
+        """The run named by ``ref`` (an id, a unique id prefix, or a job: its newest run);
+        the newest run when ``ref`` is None. Raises :class:`RunnerError` if none matches."""
+        runs = self.all()
+        if not runs:
+            raise RunnerError("no runs yet: start one with `runner launch JOB`")
+        if ref is None:
+            return runs[-1]
+        exact = [r for r in runs if r.run_id == ref]
+        if exact:
+            return exact[0]
+        of_job = [r for r in runs if r.job == ref]
+        if of_job:
+            return of_job[-1]
+        prefixed = [r for r in runs if r.run_id.startswith(ref)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+        if prefixed:
+            names = ", ".join(r.run_id for r in prefixed[-3:])
+            raise RunnerError(f"{ref!r} matches {len(prefixed)} runs ({names}); give more of it")
+        raise RunnerError(f"no run {ref!r}; `runner runs` lists them")
+
+
+def _record(row: sqlite3.Row | Mapping[str, Any]) -> RunRecord:
+    return RunRecord(**{c: row[c] for c in _COLUMNS})
