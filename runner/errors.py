@@ -11,7 +11,8 @@ and what to do next, in one sentence each.
     ├── CheckpointError              a checkpoint cannot be written or read
     ├── DependencyError              an optional dependency (torch, ...) is missing
     ├── SecretError                  a secret the job needs is not in the environment
-    └── DeviceError                  no usable device for the job
+    ├── DeviceError                  no usable device for the job
+    └── PreflightError               a pre-flight item failed: nothing was started or rented
 
 Foreign exceptions are mapped where they enter (``raise ... from exc``), never
 caught and re-worded further up.
@@ -59,6 +60,10 @@ class SecretError(RunnerError):
 
 class DeviceError(RunnerError):
     """No device the job can run on."""
+
+
+class PreflightError(RunnerError):
+    """A pre-flight check failed before anything was started or paid for."""
 
 
 def missing_dependency(package: str, extra: str = "train") -> DependencyError:

@@ -21,6 +21,7 @@ from runner.cli import data as data_cmd
 from runner.cli import gpus as gpus_cmd
 from runner.cli import hub as hub_cmd
 from runner.cli import jobs as jobs_cmd
+from runner.cli import launch as launch_cmd
 from runner.cli import train as train_cmd
 from runner.cli._app import app as display
 from runner.constants import ENV_DEBUG, ENV_HELP
@@ -50,6 +51,8 @@ app.add_typer(hub_cmd.app, name="hub")
 app.command("offers", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.offers)
 app.command("rent", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.rent)
 app.add_typer(cloud_cmd.storage_app, name="storage")
+app.command("launch", epilog=cloud_cmd.ENV_HELP)(launch_cmd.launch)
+app.command("runs")(launch_cmd.runs)
 app.command("ps", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.ps)
 app.command("down", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.down)
 

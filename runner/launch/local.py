@@ -56,6 +56,11 @@ def _visible_gpus() -> tuple[list[GpuSnapshot], str]:
     return usable, reason
 
 
+def visible_gpu_count() -> int:
+    """How many usable GPUs NVML sees here (0 without a driver)."""
+    return len(_visible_gpus()[0])
+
+
 def pick_device(spec: JobSpec, requested: str = "auto") -> DeviceChoice:
     """The best free GPU when NVML sees one, else the CPU when the job allows it.
 

@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -192,3 +192,90 @@ class Runs:
 
 def _record(row: sqlite3.Row | Mapping[str, Any]) -> RunRecord:
     return RunRecord(**{c: row[c] for c in _COLUMNS})
+
+
+# --------------------------------------------------------------------------- refreshing
+
+
+def read_run_files(record: RunRecord, *, timeout_s: float = 20.0) -> dict[str, Any] | None:
+    """``status.json`` and ``push-state.json`` of a run, parsed: ``{"status": ..., "push": ...}``.
+
+    Local and Docker runs are read from the folder; a rented run over SSH in one round trip.
+    None when the folder cannot be reached (the host is gone or unreachable).
+    """
+    import json
+
+    from runner.rundir import PUSH_STATE_FILE, STATUS_FILE
+
+    names = (STATUS_FILE, PUSH_STATE_FILE)
+    texts: dict[str, str] = {}
+    if record.backend != "vast":
+        for name in names:
+            with suppress(OSError):
+                texts[name] = (Path(record.run_dir) / name).read_text(encoding="utf-8")
+    else:
+        if not record.ssh_host or not record.ssh_port:
+            return None
+        import shlex
+
+        from runner.cloud.ssh import Ssh, SshError, SshTarget, default_key_path
+
+        marker = "\x1e"  # record separator: never in JSON text
+        parts = [f"cat {shlex.quote(record.run_dir + '/' + n)} 2>/dev/null" for n in names]
+        line = f"; printf '{marker}'; ".join(parts)
+        target = SshTarget(record.ssh_host, record.ssh_port, name=f"vast-{record.instance_id}")
+        try:
+            done = Ssh(default_key_path(), connect_timeout_s=8).run(
+                target, line, timeout_s=timeout_s
+            )
+        except SshError:
+            return None
+        for name, text in zip(names, done.stdout.split(marker), strict=False):
+            if text.strip():
+                texts[name] = text
+    parsed: dict[str, Any] = {}
+    for key, name in (("status", STATUS_FILE), ("push", PUSH_STATE_FILE)):
+        try:
+            parsed[key] = json.loads(texts[name]) if name in texts else None
+        except ValueError:
+            parsed[key] = None
+    return parsed
+
+
+def judge(record: RunRecord, files: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """The registry fields a run's files imply (state, step, last pushed step, cost)."""
+    changes: dict[str, Any] = {}
+    status = (files or {}).get("status") or None
+    push = (files or {}).get("push") or None
+    if push and isinstance(push.get("pushed"), dict) and push["pushed"]:
+        changes["last_pushed_step"] = max(int(k) for k in push["pushed"])
+    if status:
+        changes["step"] = status.get("step")
+        changes["summary"] = status.get("summary") or record.summary
+        state = str(status.get("state") or "running")
+        if state in ("finished", "failed", "stopped"):
+            changes["state"] = state
+            changes["exit_code"] = status.get("exit_code")
+            changes["ended"] = float(status.get("agent_time") or now)
+        elif now - float(status.get("agent_time") or 0) > SILENT_AFTER_S:
+            changes["state"] = "silent"
+        else:
+            changes["state"] = "running"
+    elif files is None and record.state in ("running", "silent"):
+        changes["state"] = "silent"
+    if record.dph_total is not None:
+        ended = changes.get("ended", record.ended)
+        changes["cost"] = max(0.0, (ended or now) - record.started) / 3600.0 * record.dph_total
+    return changes
+
+
+def refresh(record: RunRecord, runs: Runs | None = None) -> RunRecord:
+    """Read a live run's folder and store what it says; ended runs come back unchanged."""
+    if not record.live or (record.state == "launching" and time.time() - record.started < 5):
+        return record
+    now = time.time()
+    changes = judge(record, read_run_files(record), now)
+    changes = {k: v for k, v in changes.items() if getattr(record, k) != v}
+    if not changes:
+        return record
+    return (runs or Runs()).update(record.run_id, **changes)
