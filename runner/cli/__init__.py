@@ -20,6 +20,7 @@ from runner.cli import cloud as cloud_cmd
 from runner.cli import data as data_cmd
 from runner.cli import gpus as gpus_cmd
 from runner.cli import hub as hub_cmd
+from runner.cli import image as image_cmd
 from runner.cli import jobs as jobs_cmd
 from runner.cli import launch as launch_cmd
 from runner.cli import train as train_cmd
@@ -53,6 +54,7 @@ app.command("rent", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.rent)
 app.add_typer(cloud_cmd.storage_app, name="storage")
 app.command("launch", epilog=cloud_cmd.ENV_HELP)(launch_cmd.launch)
 app.command("runs")(launch_cmd.runs)
+app.add_typer(image_cmd.app, name="image")
 app.command("ps", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.ps)
 app.command("down", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.down)
 

@@ -201,13 +201,13 @@ def _launch_here(
     from runner.launch.runs import RunRecord
     from runner.rundir import Launch
 
-    device_env: dict[str, str] = {}
+    device = None
     if backend == "local":
         device = pick_device(spec, "auto")
         display.info(f"device: {device.description}")
-        device_env = device.env
+    device_env = device.env if device is not None else {}
     dataset = resolve_dataset(spec, data, display.info)
-    report = preflight.check(spec, backend=backend, dataset=dataset, run_dir=folder)
+    report = preflight.check(spec, backend=backend, dataset=dataset, run_dir=folder, device=device)
     forced = _preflight_or_stop(report, force=force)
     launch = Launch(
         run_id=run_id,

@@ -1,0 +1,1 @@
+"""Tests of runner.launch: pre-flight, backends, images, the run registry."""
