@@ -9,18 +9,45 @@ Supervisor`) with the secrets it was handed (never read from, or written to, dis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError
-from runner.rundir import LAUNCH_FILE, Event, Launch, read_launch
+from runner.rundir import LAUNCH_FILE, Backend, Event, Launch, read_launch
 from runner.spec import JobSpec
 
 if TYPE_CHECKING:
     from runner.agent.supervisor import SupervisorResult
 
-__all__ = ["load_launch", "start_run"]
+__all__ = ["load_launch", "make_launch", "start_run"]
+
+
+def make_launch(
+    spec: JobSpec,
+    *,
+    backend: Backend,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    run_id: str | None = None,
+    **fields: Any,
+) -> Launch:
+    """The launch record of ``spec`` run as ``argv``: the job's own environment first, then
+    ``env`` (overrides, device), secrets by name; ``fields`` fill the rest of :class:`Launch`."""
+    from runner.launch.runs import new_run_id
+
+    return Launch(
+        run_id=run_id or new_run_id(spec.name),
+        job=spec.name,
+        backend=backend,
+        spec=spec.model_dump(mode="json"),
+        argv=tuple(argv),
+        env={**spec.env, **env},
+        profile=spec.profile,
+        secret_names=tuple(spec.secret_names),
+        workdir=spec.workdir,
+        **fields,
+    )
 
 
 def load_launch(run_dir: Path) -> tuple[Launch, JobSpec]:

@@ -180,33 +180,41 @@ def supervise_local(
     dataset: Path | None,
     device: DeviceChoice,
     on_event: Callable[[Event], None] | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+    forced: tuple[str, ...] = (),
 ) -> SupervisorResult:
     """Run ``argv`` (from :meth:`JobSpec.apply_overrides`) here, under the agent, and wait.
 
-    The agent (:class:`runner.agent.supervisor.Supervisor`) starts it in its own
-    session with the die-with-parent guard, forwards Ctrl-C and SIGTERM, keeps
-    its output in ``RUN_DIR/logs/``, watches it with the job's watchdog and
-    restarts it from its newest complete checkpoint within the job's restart
-    policy. Raises :class:`RunnerError` when it cannot start at all.
+    ``./train.sh``, ``runner train`` and ``runner launch --local`` all come here, and this
+    takes the path every backend's host side takes: ``launch.json`` is written to the run
+    folder and :func:`runner.launch.hostside.start_run` runs it, in this process. The agent
+    (:class:`runner.agent.supervisor.Supervisor`) starts the command in its own session with
+    the die-with-parent guard, forwards Ctrl-C and SIGTERM, keeps its output in
+    ``RUN_DIR/logs/``, watches it with the job's watchdog and restarts it from its newest
+    complete checkpoint within the job's restart policy. Raises :class:`RunnerError` when it
+    cannot start at all.
     """
-    from runner.agent.supervisor import Supervisor
+    from runner.launch.hostside import make_launch, start_run
 
-    if spec.image is not None:
+    if spec.image is not None and spec.profile is None:
         raise RunnerError(
-            f"{spec.name} runs in its Docker image {spec.image} and has no local profile"
+            f"{spec.name} runs in its Docker image {spec.image}; launch it with --docker or on "
+            "a rented host, or pick a profile that runs here"
         )
     check_secrets(spec)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(
-        argv,
-        run_dir=run_dir,
-        job=spec,
-        extra_env={**spec.env, **extra_env, **device.env},
-        cwd=spec.workdir or None,
-        dataset=dataset,
-        on_event=on_event,
+    launch = make_launch(
+        spec,
+        backend="local",
+        argv=argv,
+        env={**extra_env, **device.env},
+        run_id=run_id,
+        dataset=str(dataset) if dataset is not None else None,
+        resume=resume,
+        forced=forced,
     )
-    return supervisor.run()
+    launch.write(run_dir)
+    return start_run(run_dir, on_event=on_event)
 
 
 def resume_from_hub(spec: JobSpec, run_dir: Path, say: Say) -> int | None:
