@@ -199,31 +199,14 @@ def _launch_here(
     from runner.launch import preflight
     from runner.launch.local import pick_device, resolve_dataset
     from runner.launch.runs import RunRecord
-    from runner.rundir import Launch
 
     device = None
     if backend == "local":
         device = pick_device(spec, "auto")
         display.info(f"device: {device.description}")
-    device_env = device.env if device is not None else {}
     dataset = resolve_dataset(spec, data, display.info)
     report = preflight.check(spec, backend=backend, dataset=dataset, run_dir=folder, device=device)
     forced = _preflight_or_stop(report, force=force)
-    launch = Launch(
-        run_id=run_id,
-        job=spec.name,
-        backend=backend,
-        spec=spec.model_dump(mode="json"),
-        argv=tuple(argv),
-        env={**spec.env, **override_env, **device_env},
-        profile=spec.profile,
-        secret_names=tuple(spec.secret_names),
-        dataset=str(dataset) if dataset is not None else None,
-        workdir=spec.workdir,
-        resume=resume,
-        forced=forced,
-        max_hours=max_hours,
-    )
     runs.add(
         RunRecord(
             run_id=run_id,
@@ -241,17 +224,40 @@ def _launch_here(
     display.info(f"run: {run_id} (folder {folder})")
     if backend == "local":
         from runner.cli.agent import event_printer
-        from runner.launch.hostside import start_run
+        from runner.launch.local import supervise_local
 
-        launch.write(folder)
+        assert device is not None
         runs.update(run_id, state="running")
-        result = start_run(folder, say=display.info, on_event=event_printer(everything=False))
+        result = supervise_local(
+            spec,
+            argv,
+            override_env,
+            run_dir=folder,
+            dataset=dataset,
+            device=device,
+            on_event=event_printer(everything=False),
+            run_id=run_id,
+            resume=resume,
+            forced=forced,
+        )
         code, state, summary = result.exit_code, result.state, result.summary
     else:
         from runner.launch.docker import run_docker
+        from runner.launch.hostside import make_launch
 
+        launch = make_launch(
+            spec,
+            backend=backend,
+            argv=argv,
+            env=override_env,
+            run_id=run_id,
+            dataset=str(dataset) if dataset is not None else None,
+            resume=resume,
+            forced=forced,
+            max_hours=max_hours,
+        )
         outcome = run_docker(launch, folder, secrets=_secrets(spec), say=display.info)
-        runs.update(run_id, state="running", container=outcome.container)
+        runs.update(run_id, container=outcome.container)
         code, state, summary = outcome.exit_code, outcome.state, outcome.summary
     runs.update(run_id, state=state, exit_code=code, summary=summary)
     if code != 0:
@@ -282,30 +288,26 @@ def _launch_vast(
 
     from runner.cloud.offers import Requirements
     from runner.launch import preflight
+    from runner.launch.hostside import make_launch
     from runner.launch.local import resolve_dataset
     from runner.launch.remote import launch_vast
-    from runner.rundir import Launch
 
     req = Requirements.from_spec(spec, disk_gb=disk, gpu_name=gpu, max_price=max_price)
     dataset = None if spec.dataset.source == "hub" else resolve_dataset(spec, data, display.info)
     report = preflight.check(spec, backend="vast", dataset=dataset, disk_gb=req.disk_gb)
     forced = _preflight_or_stop(report, force=force)
-    launch = Launch(
-        run_id=run_id,
-        job=spec.name,
+    launch = make_launch(
+        spec,
         backend="vast",
-        spec=spec.model_dump(mode="json"),
-        argv=tuple(argv),
-        env={**spec.env, **override_env},
-        profile=spec.profile,
-        secret_names=tuple(spec.secret_names),
-        workdir=spec.workdir,
+        argv=argv,
+        env=override_env,
+        run_id=run_id,
         resume=resume,
         forced=forced,
         instance_id=instance_id,
         max_hours=max_hours,
         max_cost=max_cost,
-        end_policy=end,  # type: ignore[arg-type]  # checked above
+        end_policy=end,
     )
     record = launch_vast(
         launch,
