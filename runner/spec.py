@@ -240,6 +240,11 @@ class JobSpec(_Model):
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
+    on_end: Literal["destroy", "stop", "keep"] = Field(
+        "destroy",
+        description="a rented host once the run ended and its checkpoints are on the Hub "
+        "(a stopped instance still bills its disk; destroy is the safe default)",
+    )
     profile: str | None = Field(None, description="the profile merged in, if any")
     profiles: list[str] = Field(default_factory=list, description="profiles the job offers")
 

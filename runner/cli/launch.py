@@ -60,12 +60,12 @@ def launch(
     max_cost: float | None = typer.Option(
         None, "--max-cost", min=0, metavar="$", help="Stop at this cost (final push first)."
     ),
-    end: str = typer.Option(
-        "destroy",
+    end: str | None = typer.Option(
+        None,
         "--end",
         metavar="POLICY",
         help="What becomes of a rented host once the run ended and its checkpoints are on the "
-        "Hub: destroy, stop or keep.",
+        "Hub: destroy, stop or keep [default: the job's on_end, destroy].",
     ),
 ) -> None:
     """Check JOB before anything is started or paid for, then start it under the agent.
@@ -81,7 +81,7 @@ def launch(
         chosen.append("--on")
     if len(chosen) > 1:
         raise UsageError(f"{' and '.join(chosen)}: choose one backend")
-    if end not in ("destroy", "stop", "keep"):
+    if end is not None and end not in ("destroy", "stop", "keep"):
         raise UsageError(f"--end {end!r}: use destroy, stop or keep")
     backend: Backend = "local" if local else "docker" if docker else "vast"
     if backend != "vast":
@@ -282,7 +282,7 @@ def _launch_vast(
     max_price: float | None,
     max_hours: float | None,
     max_cost: float | None,
-    end: str,
+    end: str | None,
 ) -> None:
     from dataclasses import replace
 
@@ -307,7 +307,7 @@ def _launch_vast(
         instance_id=instance_id,
         max_hours=max_hours,
         max_cost=max_cost,
-        end_policy=end,
+        end_policy=end or spec.on_end,
     )
     record = launch_vast(
         launch,
