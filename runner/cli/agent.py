@@ -117,12 +117,40 @@ def start(
     run_dir: Path = typer.Argument(
         ..., help="Run folder with the launch.json `runner launch` wrote."
     ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="Run in the background, out of this session (survives logout and SSH drops); "
+        "output in RUN_DIR/agent.log, pid in RUN_DIR/agent.pid. Prints the pid once it is up.",
+    ),
+    secrets_stdin: bool = typer.Option(
+        False,
+        "--secrets-stdin",
+        help='Read {"secrets": {NAME: VALUE}, "env": {NAME: VALUE}} as JSON from standard '
+        "input (secrets never in argv or on disk).",
+    ),
 ) -> None:
     """Run what RUN_DIR/launch.json says under the agent (what `runner launch` starts on a host)."""
-    from runner.errors import RunnerError
-    from runner.launch.hostside import start_run
+    import sys
 
-    result = start_run(run_dir, say=display.info, on_event=event_printer(everything=True))
+    from runner.errors import RunnerError
+    from runner.launch.hostside import read_stdin_payload, start_detached, start_run
+
+    secrets: dict[str, str] = {}
+    env: dict[str, str] = {}
+    if secrets_stdin:
+        secrets, env = read_stdin_payload(sys.stdin)
+    if detach:
+        pid = start_detached(run_dir, secrets=secrets, env=env)
+        display.info(f"agent: started in the background, pid {pid}; log {run_dir}/agent.log")
+        display.raw(str(pid))
+        return
+    import os
+
+    os.environ.update(env)
+    result = start_run(
+        run_dir, secrets=secrets, say=display.info, on_event=event_printer(everything=True)
+    )
     if result.exit_code != 0:
         raise RunnerError(result.summary, exit_code=result.exit_code)
     display.info(f"agent: {result.summary}")

@@ -29,7 +29,8 @@ The image: the requested one if the Docker engine has it locally (a test may bui
 ``base_image`` (default ``$RUNNER_TEST_IMAGE`` or ``runner-test/debian-sshd:bookworm``, what
 ``scripts/ci-infra.sh`` imports). Nothing is ever pulled. The create body's ``env`` becomes the
 container's environment, minus the docker-option entries (``"-p 8080:8080"``, ``"-v V.7:/mnt"``),
-plus ``CONTAINER_ID`` and ``VAST_CONTAINERLABEL=C.<id>``; as on vast.ai it is visible to ``onstart``
+plus ``CONTAINER_ID``, ``CONTAINER_API_KEY`` (the create answer's ``instance_api_key``) and
+``VAST_CONTAINERLABEL=C.<id>``; as on vast.ai it is visible to ``onstart``
 and to the container's processes but not in an SSH session (sshd starts sessions with a clean
 environment; write ``/etc/environment`` from ``onstart`` to change that). To hand the project's
 probe a fake GPU, either put ``RUNNER_FAKE_NVML`` in the create body's env (the project's own call)
@@ -69,7 +70,10 @@ minimum interval. The ``vastai`` client retries 429 (and 502/503/504) ``retry - 
 ``raise_for_status``.
 
 Paths answered (``{id}`` numeric; a trailing slash is optional; ``?api_key=`` works as well as the
-``Authorization: Bearer`` header, anything else is 401)::
+``Authorization: Bearer`` header, anything else is 401). An instance's own key
+(``$CONTAINER_API_KEY`` inside it) is accepted for ``GET``/``PUT``/``DELETE /api/v0/instances/{id}/``
+of that one instance, as vast.ai lets an instance show, stop or destroy itself, and is 401 for
+everything else::
 
     POST   /api/v0/bundles/                    search offers (JSON query; GET ?q={json} too)
     PUT    /api/v0/search/asks/                search offers ({"q": {...}}, search_offers_new)
@@ -375,6 +379,8 @@ class _Instance:
     last_check: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
     history: list[tuple[float, str | None, str | None]] = field(default_factory=list)
+    api_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    """The instance's own key (``instance_api_key``, ``$CONTAINER_API_KEY`` inside it)."""
 
     @property
     def name(self) -> str:
@@ -1204,7 +1210,7 @@ class VastServer:
         if limited is not None:
             return limited
         key = auth[7:].strip() if auth and auth.startswith("Bearer ") else query.get("api_key")
-        if key != self.api_key:
+        if key != self.api_key and not self._instance_key_allows(method, route, key):
             raise _ApiError(401, "invalid_user", "Invalid or missing API key.")
         for route_method, pattern, handler in self._routes:
             match = pattern.match(route) if route_method == method else None
@@ -1220,6 +1226,16 @@ class VastServer:
                     return 429, _TEXT_429, {}
             return handler(*match.groups(), query=query, body=body)
         raise _ApiError(404, "not_found", f"{method} {path} is not an endpoint of this fake")
+
+    def _instance_key_allows(self, method: str, route: str, key: str | None) -> bool:
+        """Whether ``key`` is the own key of the one instance ``route`` shows, changes or
+        destroys (what ``vastai stop/destroy instance $CONTAINER_ID`` sends from inside)."""
+        match = re.fullmatch(r"/api/v0/instances/(\d+)", route)
+        if not key or match is None or method not in ("GET", "PUT", "DELETE"):
+            return False
+        with self._lock:
+            inst = self._instances.get(int(match.group(1)))
+        return inst is not None and secrets.compare_digest(key, inst.api_key)
 
     def _rate_limited(self, method: str, route: str) -> _Reply | None:
         with self._lock:
@@ -1343,7 +1359,7 @@ class VastServer:
         return {
             "success": True,
             "new_contract": inst.id,
-            "instance_api_key": secrets.token_hex(32),
+            "instance_api_key": inst.api_key,
         }
 
     def _validate_create(
@@ -1567,7 +1583,13 @@ class VastServer:
 
     def _run_kwargs(self, inst: _Instance) -> dict[str, Any]:
         env = {k: v for k, v in inst.env.items() if not k.startswith("-")}
-        env.update({"CONTAINER_ID": str(inst.id), "VAST_CONTAINERLABEL": f"C.{inst.id}"})
+        env.update(
+            {
+                "CONTAINER_ID": str(inst.id),
+                "CONTAINER_API_KEY": inst.api_key,
+                "VAST_CONTAINERLABEL": f"C.{inst.id}",
+            }
+        )
         if inst.knobs.fake_gpu:
             env["RUNNER_FAKE_NVML"] = inst.knobs.fake_gpu
         tmpfs: dict[str, str] = {}
