@@ -194,18 +194,18 @@ def cap_reached(launch: Launch, now: float) -> tuple[str, str] | None:
     Time counts from the launch (``launch.created``): a rented instance bills from then on.
     """
     hours = max(0.0, now - launch.created) / 3600.0
+    took = f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
     if launch.max_hours is not None and hours >= launch.max_hours:
         return (
             "cap_hours",
-            f"--max-hours {launch.max_hours:g} reached ({hours:.2f} h since the launch): "
-            "stopping the run",
+            f"--max-hours {launch.max_hours:g} reached ({took} since the launch): stopping the run",
         )
     if launch.max_cost is not None and launch.dph_total is not None:
         cost = hours * launch.dph_total
         if cost >= launch.max_cost:
             return (
                 "cap_cost",
-                f"--max-cost ${launch.max_cost:g} reached (${cost:.2f}: {hours:.2f} h at "
+                f"--max-cost ${launch.max_cost:g} reached (${cost:.2f}: {took} at "
                 f"${launch.dph_total:.3f}/h): stopping the run",
             )
     return None
