@@ -424,7 +424,7 @@ def _disk(ctx: _Context) -> Item:
     margin = max(MARGIN_FRACTION * total, floor)
     total += margin
     parts.append(f"margin {_gb(margin)}")
-    needs = f"needs {_gb(total)} GB: {' + '.join(parts)}"
+    needs = f"needs {_gb(total, up=True)} GB: {' + '.join(parts)}"
     if unknown:
         needs += f" ({', '.join(what for what, _ in unknown)} unknown)"
     if ctx.rented:
@@ -603,34 +603,33 @@ def _gpu_busy(ctx: _Context, snaps: Sequence[Any]) -> Item:
         memory = s.memory_percent
         util = s.utilization_gpu_percent
         procs = s.processes or ()
-        pids = ", ".join(str(p.pid) for p in procs[:3]) + (" ..." if len(procs) > 3 else "")
-        who = f", {len(procs)} process(es): pid {pids}" if procs else ""
         mem_text = "?" if memory is None else f"{memory:.0f} %"
         util_text = "?" if util is None else f"{util} %"
-        text = f"{_name(s)}: {mem_text} memory, {util_text} utilisation{who}"
+        use = f"{mem_text} memory, {util_text} utilisation"
+        if procs:
+            pids = ", ".join(str(p.pid) for p in procs[:3]) + (", ..." if len(procs) > 3 else "")
+            many = len(procs) > 1
+            use += f", {len(procs)} other process{'es' if many else ''} (pid{'s' if many else ''} "
+            use += f"{pids})"
         status: Status = "ok"
         free = s.memory_free_bytes
         if (memory or 0) >= BUSY_PERCENT or (util or 0) >= BUSY_PERCENT:
             status = "fail"
         elif need is not None and free is not None and free / GIB < need * 0.98:
             status = "fail"
-            text += f"; {free / GIB:.1f} GiB free < {_gb(need)} GB needed"
+            use += f"; {free / GIB:.1f} GiB free < {_gb(need)} GB needed"
         elif procs or (memory or 0) >= SHARED_PERCENT or (util or 0) >= SHARED_PERCENT:
             status = "warn"
-        lines.append(text)
+        verdict = {"ok": "is free", "warn": "is shared", "fail": "is busy"}[status]
+        lines.append(f"{_name(s)} {verdict}: {use}")
         worst = max(worst, status, key=_SEVERITY.index)
     detail = "; ".join(lines)
     if worst == "fail":
-        return Item(
-            "gpu_busy",
-            "fail",
-            title,
-            f"busy: {detail}",
-            "wait for it, free it, or pick a free GPU (`runner gpus`); --force shares it",
-        )
+        fix = "wait for it, free it, or pick a free GPU (`runner gpus`); --force shares it"
+        return Item("gpu_busy", "fail", title, detail, fix)
     if worst == "warn":
-        return Item("gpu_busy", "warn", title, f"shared: {detail}", "the job may run slower")
-    return Item("gpu_busy", "ok", title, f"free: {detail}")
+        return Item("gpu_busy", "warn", title, detail, "the job may run slower beside them")
+    return Item("gpu_busy", "ok", title, detail)
 
 
 _SEVERITY: tuple[Status, ...] = ("skip", "ok", "warn", "fail")
@@ -881,12 +880,12 @@ def _entries(folder: Path) -> Iterator[str]:
 # --------------------------------------------------------------------------- formatting
 
 
-def _gb(value: float | None) -> str:
-    """A size in GB as people say it: 173, 1.5, 0.04."""
+def _gb(value: float | None, *, up: bool = False) -> str:
+    """A size in GB as people say it: 173, 19, 1.5, 0.04; ``up`` rounds up (what is needed)."""
     if value is None:
         return "?"
-    if value >= 100 or value == int(value):
-        return f"{value:.0f}"
-    if value >= 1:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
+    digits = 0 if value >= 10 or value == int(value) else 1 if value >= 1 else 2
+    if up:
+        scale = 10**digits
+        value = math.ceil(value * scale - 1e-9) / scale
+    return f"{value:.{digits}f}"

@@ -199,7 +199,7 @@ def test_disk_here_is_the_free_space_of_the_run_folder(tmp_path: Path) -> None:
     got = item(preflight.check(spec, backend="local", run_dir=tmp_path / "a" / "b"), "disk")
     assert got.status == "ok"
     assert got.detail.startswith(
-        "needs 1.0 GB: 4 x 0.01 checkpoints (keep 3 + 1 being written) + margin 1; "
+        "needs 1.1 GB: 4 x 0.01 checkpoints (keep 3 + 1 being written) + margin 1; "
     )
     assert got.detail.endswith(f" GB free at {tmp_path}")
 
@@ -284,7 +284,7 @@ def test_a_free_gpu_that_fits(monkeypatch: pytest.MonkeyPatch) -> None:
         "GPU 1 NVIDIA RTX A4000 (16 GiB); the job needs 16 GB per GPU",
     )
     assert busy.status == "ok"
-    assert busy.detail == "free: GPU 1 NVIDIA RTX A4000: 2 % memory, 0 % utilisation"
+    assert busy.detail == "GPU 1 NVIDIA RTX A4000 is free: 2 % memory, 0 % utilisation"
 
 
 def test_a_gpu_too_small_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,7 +303,7 @@ def test_a_busy_gpu_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     got = item(preflight.check(spec, backend="local", device=device), "gpu_busy")
     assert got.status == "fail"
     assert got.detail == (
-        "busy: GPU 0 NVIDIA RTX A4000: 64 % memory, 97 % utilisation, 1 process(es): pid 4242"
+        "GPU 0 NVIDIA RTX A4000 is busy: 64 % memory, 97 % utilisation, 1 other process (pid 4242)"
     )
     assert got.fix == "wait for it, free it, or pick a free GPU (`runner gpus`); --force shares it"
 
@@ -332,7 +332,7 @@ def test_a_gpu_90_percent_used_fails_and_a_little_use_warns(
     monkeypatch.setenv("RUNNER_FAKE_NVML", _trace(tmp_path / "full.jsonl", 21.6, 0, (77,)))
     full = item(preflight.check(_gpu_job(None), backend="local"), "gpu_busy")
     assert full.status == "fail"
-    assert full.detail.startswith("busy: GPU 0 NVIDIA GeForce RTX 4090: 90 % memory, 0 % ")
+    assert full.detail.startswith("GPU 0 NVIDIA GeForce RTX 4090 is busy: 90 % memory, 0 % ")
     # Little used, but not enough left for the job: it would not fit beside the other.
     monkeypatch.setenv("RUNNER_FAKE_NVML", _trace(tmp_path / "part.jsonl", 10, 5, (78,)))
     part = item(preflight.check(_gpu_job(20), backend="local"), "gpu_busy")
@@ -341,7 +341,7 @@ def test_a_gpu_90_percent_used_fails_and_a_little_use_warns(
     monkeypatch.setenv("RUNNER_FAKE_NVML", _trace(tmp_path / "some.jsonl", 3, 5, (79,)))
     some = item(preflight.check(_gpu_job(8), backend="local"), "gpu_busy")
     assert some.status == "warn"
-    assert some.detail.startswith("shared: GPU 0 NVIDIA GeForce RTX 4090: 12 % memory")
+    assert some.detail.startswith("GPU 0 NVIDIA GeForce RTX 4090 is shared: 12 % memory")
 
 
 def test_no_gpu_for_a_gpu_job_fails(monkeypatch: pytest.MonkeyPatch) -> None:
