@@ -205,7 +205,15 @@ def _launch_here(
         device = pick_device(spec, "auto")
         display.info(f"device: {device.description}")
     dataset = resolve_dataset(spec, data, display.info)
-    report = preflight.check(spec, backend=backend, dataset=dataset, run_dir=folder, device=device)
+    report = preflight.check(
+        spec,
+        backend=backend,
+        dataset=dataset,
+        run_dir=folder,
+        device=device,
+        argv=argv,
+        job_env=override_env,
+    )
     forced = _preflight_or_stop(report, force=force)
     runs.add(
         RunRecord(
@@ -294,7 +302,14 @@ def _launch_vast(
 
     req = Requirements.from_spec(spec, disk_gb=disk, gpu_name=gpu, max_price=max_price)
     dataset = None if spec.dataset.source == "hub" else resolve_dataset(spec, data, display.info)
-    report = preflight.check(spec, backend="vast", dataset=dataset, disk_gb=req.disk_gb)
+    report = preflight.check(
+        spec,
+        backend="vast",
+        dataset=dataset,
+        disk_gb=req.disk_gb,
+        argv=argv,
+        job_env=override_env,
+    )
     forced = _preflight_or_stop(report, force=force)
     launch = make_launch(
         spec,
