@@ -205,6 +205,33 @@ def test_busy_gpu_starts_nothing(
     nothing_registered(capsys)
 
 
+CPU_JOB = """\
+name: cpujob
+command: python -c pass
+env: {PYTHONNOUSERSITE: "1"}
+resources: {gpus: 0, disk_gb: 1, ram_gb: 1}
+checkpoints: {size_gb: 0.01}
+"""
+
+
+def test_workers_asked_for_on_the_command_line_count_against_ram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_job(tmp_path / "jobs", "cpujob", CPU_JOB)
+    monkeypatch.setenv("RUNNER_JOBS_DIR", str(tmp_path / "jobs"))
+    code, out, err = run(
+        capsys, "launch", "cpujob", "--local", "--run-dir", str(tmp_path / "r"),
+        "--", "training.num_workers=100000",
+    )  # fmt: skip
+    line = refused(code, out, err)
+    assert line.startswith(
+        "error: pre-flight: ram: needs 250000 GB (100000 workers x 2.5 GB "
+        "(training.num_workers=100000); the job states 1); "
+    )
+    assert line.endswith(" available; lower num_workers or ram_gb, or run it on a rented host")
+    assert not (tmp_path / "r").exists()
+
+
 IMAGE_JOB = """\
 name: imgjob
 image: runner/absent-image:latest
