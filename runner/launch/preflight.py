@@ -51,15 +51,17 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import re
 import shutil
 import site
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from runner.errors import RunnerError
 from runner.launch.local import DeviceChoice, check_dataset, runs_dir
@@ -68,6 +70,7 @@ from runner.spec import JobSpec
 
 __all__ = [
     "BUSY_PERCENT",
+    "HUB_TIMEOUT_S",
     "MARGIN_FRACTION",
     "MARGIN_LOCAL_GB",
     "MARGIN_RENTED_GB",
@@ -99,7 +102,10 @@ SHARED_PERCENT = 10.0
 SHADOWING = frozenset(
     {"torch", "torchvision", "torchaudio", "numpy", "jax", "jaxlib", "transformers", "lerobot"}
 )
+#: Longest wait for one Hub answer before the dataset item says the Hub did not answer, s.
+HUB_TIMEOUT_S = 20.0
 _DOCKER_TIMEOUT_S = 10
+_T = TypeVar("_T")
 
 _WORKERS_ITEM = re.compile(r"(?:^|[.\-+~])num[_-]workers=(\d+)$")
 _WORKERS_FLAG = re.compile(r"^--?(?:[\w.]+\.)?num[_-]workers$")
@@ -272,6 +278,12 @@ class _Context:
         return None
 
     @cached_property
+    def dataset_bytes(self) -> int | None:
+        """The apparent size of the local dataset folder (what a copy writes), if there is one."""
+        path = self.dataset_path
+        return _tree_bytes(path) if path is not None and path.is_dir() else None
+
+    @cached_property
     def image(self) -> _ImageLookup:
         ref = self.spec.image
         assert ref is not None
@@ -291,11 +303,15 @@ def _dataset(ctx: _Context) -> Item:
         except RunnerError as err:
             fix = "pass --data PATH to a valid copy"
             return Item("dataset", "fail", title, str(err).split("; pass --data")[0], fix)
-        size = _tree_bytes(path)
         what = f"{ds.layout} dataset" if ds.layout else "dataset folder"
         checked = "" if ds.layout == "franka" else f" (no check for layout {ds.layout or 'none'})"
-        where = "synced to the host" if ctx.rented else "read in place"
-        return Item("dataset", "ok", title, f"{what} {path}, {_gb(size / GB)} GB{checked}, {where}")
+        # Sized only where it is copied: walking a big tree here would only decorate the line.
+        where = (
+            f"{_gb(ctx.dataset_bytes / GB)} GB, synced to the host"
+            if ctx.rented and ctx.dataset_bytes is not None
+            else "read in place"
+        )
+        return Item("dataset", "ok", title, f"{what} {path}{checked}, {where}")
     if ds.source == "hub":
         if not ctx.rented:
             return Item(
@@ -320,11 +336,14 @@ def _hub_dataset(ctx: _Context) -> Item:
 
     ds = ctx.spec.dataset
     assert ds.repo is not None and ds.revision is not None
+    repo, revision = ds.repo, ds.revision
     title = "dataset"
     ref = f"{ds.repo}@{ds.revision}"
     client = HubClient.from_env()
     try:
-        refs = client.refs(ds.repo, repo_type=ds.repo_type)
+        refs = _within(HUB_TIMEOUT_S, lambda: client.refs(repo, repo_type=ds.repo_type))
+    except TimeoutError:
+        return _hub_unreachable(client.endpoint, ref, f"no answer within {HUB_TIMEOUT_S:g} s")
     except HubError as err:
         if err.status in (401, 403, 404):
             return Item(
@@ -351,9 +370,14 @@ def _hub_dataset(ctx: _Context) -> Item:
     # Not a name: a commit id. Listing a path that is never there answers "no entries" at a
     # revision that exists and 404 at one that does not, without reading the repo's tree.
     try:
-        client.list_files(
-            ds.repo, ".runner-preflight", revision=ds.revision, repo_type=ds.repo_type
+        _within(
+            HUB_TIMEOUT_S,
+            lambda: client.list_files(
+                repo, ".runner-preflight", revision=revision, repo_type=ds.repo_type
+            ),
         )
+    except TimeoutError:
+        return _hub_unreachable(client.endpoint, ref, f"no answer within {HUB_TIMEOUT_S:g} s")
     except HubError as err:
         if err.status in (400, 404):
             return Item(
@@ -367,7 +391,29 @@ def _hub_dataset(ctx: _Context) -> Item:
     return Item("dataset", "ok", title, f"{ref}: commit exists{size}")
 
 
-def _hub_unreachable(endpoint: str, ref: str, err: Exception) -> Item:
+def _within(seconds: float, call: Callable[[], _T]) -> _T:
+    """``call()``, or :class:`TimeoutError` after ``seconds`` (huggingface_hub sets no timeout
+    on API calls: a Hub that never answers must not hold the launch). The call keeps running
+    in a daemon thread, which dies with the process."""
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            box.put((True, call()))
+        except BaseException as exc:  # handed to the caller, who re-raises it
+            box.put((False, exc))
+
+    threading.Thread(target=run, name="preflight-hub", daemon=True).start()
+    try:
+        ok, value = box.get(timeout=seconds)
+    except queue.Empty:
+        raise TimeoutError(f"no answer within {seconds:g} s") from None
+    if not ok:
+        raise value
+    return cast(_T, value)
+
+
+def _hub_unreachable(endpoint: str, ref: str, err: Exception | str) -> Item:
     return Item(
         "dataset",
         "warn",
@@ -448,12 +494,10 @@ def _disk(ctx: _Context) -> Item:
 def _rented_dataset_gb(ctx: _Context) -> float | None:
     """What the dataset takes on a rented disk: a synced folder's size, a Hub one's stated size."""
     ds = ctx.spec.dataset
-    if ctx.dataset is not None:
-        return _tree_bytes(ctx.dataset) / GB
+    if ctx.dataset_bytes is not None:
+        return ctx.dataset_bytes / GB
     if ds.source == "hub":
         return ds.size_gb
-    if ds.source == "local" and ds.path and Path(ds.path).is_dir():
-        return _tree_bytes(Path(ds.path)) / GB
     if ds.source in ("local", "synthetic"):
         return ds.size_gb
     return 0.0  # no dataset, or one inside the image (counted with it)

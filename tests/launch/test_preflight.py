@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,9 +69,9 @@ def test_report_lists_every_item_in_order_and_what_failed(tmp_path: Path) -> Non
 def test_dataset_valid_folder_is_ok(franka_ds: Path) -> None:
     spec = job(dataset={"source": "local", "path": "/nonexistent", "layout": "franka"})
     got = item(preflight.check(spec, backend="local", dataset=franka_ds), "dataset")
-    assert got.status == "ok"
-    assert got.detail.startswith(f"franka dataset {franka_ds}, ")
-    assert got.detail.endswith("GB, read in place")
+    assert (got.status, got.detail) == ("ok", f"franka dataset {franka_ds}, read in place")
+    rented = item(preflight.check(spec, backend="vast", dataset=franka_ds), "dataset")
+    assert rented.detail == f"franka dataset {franka_ds}, 0.00 GB, synced to the host"
 
 
 def test_dataset_missing_or_invalid_fails(tmp_path: Path) -> None:
@@ -146,6 +148,25 @@ def test_hub_unreachable_is_a_warning(tmp_path: Path, monkeypatch: pytest.Monkey
     assert got.status == "warn"
     assert got.detail.startswith("cannot ask http://127.0.0.1:9 about runner-test/ds@v1 (")
     assert got.detail.endswith("; the host fetches it")
+
+
+def test_a_hub_that_never_answers_is_a_warning_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolate_client(monkeypatch, tmp_path / "hf_home")
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setattr(preflight, "HUB_TIMEOUT_S", 0.5)
+        started = time.monotonic()
+        got = item(preflight.check(_hub_job("v1"), backend="vast"), "dataset")
+        assert time.monotonic() - started < 5
+    assert got.status == "warn"
+    assert got.detail == (
+        f"cannot ask {url} about runner-test/ds@v1 (no answer within 0.5 s); the host fetches it"
+    )
 
 
 def test_a_hub_dataset_here_needs_a_local_copy() -> None:
