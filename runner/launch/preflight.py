@@ -572,12 +572,13 @@ def _gpus(ctx: _Context) -> list[Item]:
             Item("gpu", "skip", "GPU memory", detail),
             Item("gpu_busy", "skip", "GPU in use", "a rented host is the job's alone"),
         ]
-    if res.gpus == 0:
+    device = ctx.device
+    cpu_capable = res.gpus == 0
+    if cpu_capable and (device is None or device.kind != "cuda"):
         return [
             Item("gpu", "skip", "GPU memory", "CPU-only job (resources.gpus 0)"),
             Item("gpu_busy", "skip", "GPU in use", "CPU-only job"),
         ]
-    device = ctx.device
     try:
         if device is None:
             from runner.launch.local import pick_device
@@ -590,7 +591,11 @@ def _gpus(ctx: _Context) -> list[Item]:
             Item("gpu", "fail", "GPU memory", str(err).split("; run it on")[0], fix),
             Item("gpu_busy", "skip", "GPU in use", "no GPU to check"),
         ]
-    return [_gpu_memory(ctx, snaps), _gpu_busy(ctx, snaps)]
+    fits, busy = _gpu_memory(ctx, snaps), _gpu_busy(ctx, snaps)
+    if cpu_capable and busy.status == "fail":
+        # A job that runs on the CPU too was given the freest GPU: sharing it slows it, no more.
+        busy = Item(busy.key, "warn", busy.title, busy.detail, "the job may run slower beside them")
+    return [fits, busy]
 
 
 def _chosen_gpus(device: DeviceChoice, environ: Mapping[str, str]) -> list[Any]:

@@ -365,6 +365,16 @@ def test_a_gpu_90_percent_used_fails_and_a_little_use_warns(
     assert some.detail.startswith("GPU 0 NVIDIA GeForce RTX 4090 is shared: 12 % memory")
 
 
+def test_a_cpu_capable_job_given_a_busy_gpu_is_warned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.launch.local import pick_device
+
+    monkeypatch.setenv("RUNNER_FAKE_NVML", "scenario:healthy:gpus=1")
+    spec = job()  # resources.gpus 0: pick_device still hands it the freest GPU when there is one
+    got = item(preflight.check(spec, backend="local", device=pick_device(spec)), "gpu_busy")
+    assert got.status == "warn"
+    assert got.detail.startswith("GPU 0 NVIDIA RTX A4000 is busy: 64 % memory")
+
+
 def test_no_gpu_for_a_gpu_job_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNNER_FAKE_NVML", "no-driver")
     report = preflight.check(_gpu_job(), backend="docker")
