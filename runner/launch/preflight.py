@@ -195,7 +195,8 @@ def check(
             ``RUNNER_FAKE_NVML``); default ``os.environ``.
         argv: the command the job will run, overrides applied; default the job's command
             with its default overrides. Read for ``num_workers``.
-        job_env: environment the overrides add (env-style jobs) on top of the job's ``env``.
+        job_env: environment the overrides add (env-style jobs) on top of the job's ``env``;
+            default the job's default overrides.
 
     Never raises for what it finds: every problem is an item.
     """
@@ -259,9 +260,10 @@ class _Context:
         self.disk_gb = disk_gb
         self.device = device
         self.environ = environ
-        self.argv = list(argv) if argv is not None else spec.apply_overrides([])[0]
+        default_argv, default_env = spec.apply_overrides([])
+        self.argv = list(argv) if argv is not None else default_argv
         #: The environment the training process gets from the job (before the user's own).
-        self.job_env = {**spec.env, **(job_env or {})}
+        self.job_env = {**spec.env, **(default_env if job_env is None else job_env)}
 
     @property
     def rented(self) -> bool:
