@@ -1,0 +1,463 @@
+"""Training images: the Dockerfiles in ``images/`` built through the Docker SDK.
+
+``runner image build NAME`` assembles the build context itself, as one tarball: the
+image's folder (``images/NAME``: Dockerfile, pinned requirements) at its root and
+runner's own source under ``src/`` (``runner/``, ``pyproject.toml``, ``README.md``,
+``jobs/``; never ``.venv``, ``runs/``, ``data/`` or caches), so what goes into an
+image is exactly that and a secret lying in the checkout cannot. It builds through the
+engine's low-level API with the host's network (the engines these run on may have no
+bridge), streams the ``Step N/M`` lines, and turns a failing step into one line that
+names it. Every image carries the label ``runner.context-hash``: a hash of its context,
+build arguments and base image, so an unchanged image can be reused without a build.
+
+Images (``runner/NAME:latest``; the jobs name them in ``image:``):
+
+    base             CUDA runtime (BASE_IMAGE), Python, sshd, rsync, the agent in /opt/runner
+    franka-embedded  base + CPU torch: the franka_cube_stack ``embedded`` profile
+    dino-wm          base + CUDA torch + DINO WM (franka_cube_stack, robomimic_can)
+    lerobot          base + LeRobot (act_so101, smolvla_so101); lerobot-pi0 with POLICY=pi0
+    openpi           base + uv + openpi (JAX) (openpi_pi0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.errors import RunnerError, UsageError
+
+__all__ = [
+    "CONTEXT_HASH_LABEL",
+    "BuildResult",
+    "ImageDef",
+    "build_context",
+    "build_image",
+    "docker_client",
+    "image_name_for",
+    "images_dir",
+    "known_images",
+    "local_image",
+    "parse_build_args",
+    "push_image",
+]
+
+Say = Callable[[str], None]
+
+CONTEXT_HASH_LABEL = "runner.context-hash"
+#: What goes into an image of runner's source (``src/`` in the context).
+SOURCE_ITEMS = ("runner", "pyproject.toml", "README.md", "jobs")
+_SKIP_PARTS = frozenset({"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+#: A build argument with a name like these would put a credential into the image's history.
+_SECRET_LOOKING = re.compile(r"(TOKEN|API_KEY|APIKEY|SECRET|PASSWORD|PASSWD|PRIVATE_KEY)", re.I)
+#: Images built from another image's folder with fixed build arguments.
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "lerobot-pi0": ("lerobot", {"POLICY": "pi0"}),
+}
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+@dataclass(frozen=True)
+class ImageDef:
+    """One buildable image: its folder in ``images/`` and the build arguments it fixes."""
+
+    name: str
+    folder: Path
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def repository(self) -> str:
+        return f"runner/{self.name}"
+
+    def default_base(self) -> str | None:
+        """``BASE_IMAGE``'s default in the Dockerfile (None when it declares none)."""
+        text = (self.folder / "Dockerfile").read_text(encoding="utf-8")
+        match = re.search(r"^\s*ARG\s+BASE_IMAGE=(\S+)", text, re.M)
+        return match.group(1).strip("\"'") if match else None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build made: the image's tag and id, how long it took, whether it was reused."""
+
+    tag: str
+    image_id: str
+    seconds: float
+    reused: bool
+    size_bytes: int
+    context_hash: str
+    pushed: str | None = None
+
+
+def images_dir() -> Path:
+    """``images/`` of the source checkout runner runs from; :class:`RunnerError` without one."""
+    folder = Path(__file__).resolve().parents[2] / "images"
+    if not folder.is_dir():
+        raise RunnerError(
+            f"no images/ folder next to runner's source ({folder}); build images from a clone "
+            "of the runner repository"
+        )
+    return folder
+
+
+def known_images(root: Path | None = None) -> dict[str, ImageDef]:
+    """Every image that can be built: each ``images/NAME/Dockerfile`` and the variants."""
+    root = root or images_dir()
+    found = {
+        d.name: ImageDef(d.name, d)
+        for d in sorted(root.iterdir())
+        if d.is_dir() and (d / "Dockerfile").is_file()
+    }
+    for name, (folder, args) in VARIANTS.items():
+        if folder in found:
+            found[name] = ImageDef(name, found[folder].folder, dict(args))
+    return found
+
+
+def image_name_for(image_ref: str) -> str | None:
+    """The ``runner image build`` name of an image reference, e.g. ``runner/lerobot:latest``."""
+    repo = image_ref.rsplit("@", 1)[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo.rsplit(":", 1)[0]
+    prefix, _, name = repo.rpartition("/")
+    return name if prefix.endswith("runner") and name else None
+
+
+def parse_build_args(items: Iterable[str]) -> dict[str, str]:
+    """``K=V`` strings as a mapping; :class:`UsageError` for a malformed or secret-looking one."""
+    args: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise UsageError(f"bad --build-arg {item!r}: expected KEY=VALUE, e.g. TORCH_SPEC=...")
+        if _SECRET_LOOKING.search(key):
+            raise UsageError(
+                f"--build-arg {key}: a credential in a build argument stays in the image's "
+                "history; secrets reach the container at run time (runner launch passes them)"
+            )
+        args[key] = value
+    return args
+
+
+# --------------------------------------------------------------------------- context
+
+
+def _source_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _walk(base: Path) -> Iterator[Path]:
+    if base.is_file():
+        yield base
+        return
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(base)
+        if _SKIP_PARTS & set(rel.parts) or path.suffix in _SKIP_SUFFIXES:
+            continue
+        if path.is_file() and not path.is_symlink():
+            yield path
+
+
+def _add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    # Fixed owner, mode and time: the same files give the same tarball, so the hash
+    # (and the engine's layer cache) only moves when a file does.
+    data = path.read_bytes()
+    info = tarfile.TarInfo(arcname)
+    info.size = len(data)
+    info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+    info.mtime = 0
+    info.uname = info.gname = "root"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def build_context(image: ImageDef, *, source_root: Path | None = None) -> tuple[bytes, str]:
+    """The build context of ``image`` as an uncompressed tarball, and the sha256 of its files."""
+    source_root = source_root or _source_root()
+    buf = io.BytesIO()
+    digest = hashlib.sha256()
+    entries: list[tuple[Path, str]] = [
+        (p, p.relative_to(image.folder).as_posix()) for p in _walk(image.folder)
+    ]
+    for item in SOURCE_ITEMS:
+        base = source_root / item
+        if not base.exists():
+            raise RunnerError(f"runner's source has no {item} at {base}; build from a clone")
+        entries.extend((p, "src/" + p.relative_to(source_root).as_posix()) for p in _walk(base))
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, arcname in entries:
+            _add(tar, path, arcname)
+            digest.update(arcname.encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return buf.getvalue(), digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def docker_client() -> Any:
+    """A Docker SDK client for the engine ``DOCKER_HOST`` (or the local socket) points at.
+
+    Raises :class:`RunnerError` (one line: what to start) when no engine answers.
+    """
+    import os
+
+    try:
+        import docker
+    except ImportError:
+        from runner.errors import missing_dependency
+
+        raise missing_dependency("docker", extra="dev") from None
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:
+        reason = str(exc).split("\n")[0][:160]
+        raise RunnerError(
+            f"no Docker engine answers at {where} ({reason}); start it (`sudo systemctl start "
+            "docker`, or `sudo scripts/ci-infra.sh` here) or point DOCKER_HOST at one"
+        ) from None
+    return client
+
+
+def local_image(client: Any, ref: str) -> Any | None:
+    """The image ``ref`` on the engine, or None when it is not there."""
+    import docker.errors
+
+    try:
+        return client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise RunnerError(f"the Docker engine cannot look up {ref}: {_api_reason(exc)}") from None
+
+
+def _api_reason(exc: Any) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).split("\n")[0][:200]
+
+
+def _ensure_base(client: Any, base: str, say: Say) -> Any:
+    """The base image, pulled when it is missing and pullable; :class:`RunnerError` otherwise."""
+    found = local_image(client, base)
+    if found is not None:
+        return found
+    name = image_name_for(base)
+    if name is not None:
+        raise RunnerError(
+            f"base image {base} is not on this Docker engine; build it first: "
+            f"`runner image build {name}`"
+        )
+    say(f"pulling base image {base}")
+    try:
+        for line in client.api.pull(base, stream=True, decode=True):
+            if "error" in line:
+                raise RunnerError(str(line["error"]))
+        found = local_image(client, base)
+    except RunnerError as err:
+        reason = str(err)
+    except Exception as exc:
+        reason = _api_reason(exc)
+    else:
+        if found is not None:
+            return found
+        reason = "the pull gave no image"
+    raise RunnerError(
+        f"base image {base} is not on this Docker engine and cannot be pulled ({reason[:160]}); "
+        "pull or build it, or pass --base-image IMAGE"
+    )
+
+
+def build_image(
+    name: str,
+    *,
+    base_image: str | None = None,
+    tag: str = "latest",
+    build_args: Mapping[str, str] | None = None,
+    push: str | None = None,
+    reuse: bool = False,
+    say: Say = lambda line: None,
+    verbose: bool = False,
+    client: Any | None = None,
+    root: Path | None = None,
+) -> BuildResult:
+    """Build ``runner/NAME:TAG`` from ``images/NAME`` (see the module docstring).
+
+    ``base_image`` sets ``BASE_IMAGE``; ``build_args`` add to the image's own. With
+    ``reuse``, an image already tagged so whose context hash matches is returned as is.
+    ``push`` (a registry, e.g. ``ghcr.io/me``) tags ``REGISTRY/NAME:TAG`` and pushes it.
+    Step lines go to ``say``; the build's own output only with ``verbose`` (its last lines
+    are shown when a step fails). Raises :class:`RunnerError` (one line) for an unknown
+    image, no engine, a missing base, or a failing step.
+    """
+    images = known_images(root)
+    if name not in images:
+        raise UsageError(
+            f"no image {name!r} in images/ (images: {', '.join(sorted(images)) or 'none'})"
+        )
+    image = images[name]
+    args = {**image.build_args, **(build_args or {})}
+    parse_build_args(f"{k}={v}" for k, v in args.items())  # refuses secret-looking names
+    if base_image is not None:
+        args["BASE_IMAGE"] = base_image
+    base = args.get("BASE_IMAGE") or image.default_base()
+    client = client or docker_client()
+    ref = f"{image.repository}:{tag}"
+    started = time.monotonic()
+    base_id = _ensure_base(client, base, say).id if base else ""
+    context, files_hash = build_context(image)
+    context_hash = hashlib.sha256(
+        json.dumps([files_hash, sorted(args.items()), base_id]).encode()
+    ).hexdigest()[:32]
+    existing = local_image(client, ref) if reuse else None
+    if existing is not None and existing.labels.get(CONTEXT_HASH_LABEL) == context_hash:
+        say(f"image {ref}: unchanged since its last build ({existing.short_id}), reused")
+        image_id, reused = existing.id, True
+    else:
+        say(f"building {ref} from images/{image.folder.name}" + (f" on {base}" if base else ""))
+        image_id = _stream_build(
+            client,
+            context,
+            ref=ref,
+            args=args,
+            labels={CONTEXT_HASH_LABEL: context_hash},
+            say=say,
+            verbose=verbose,
+        )
+        reused = False
+    seconds = time.monotonic() - started
+    size = int(client.images.get(image_id).attrs.get("Size") or 0)
+    if not reused:
+        say(f"built {ref} ({image_id[7:19]}, {size / 1e9:.2f} GB) in {seconds:.0f} s")
+    pushed = push_image(client, ref, push, say=say) if push else None
+    return BuildResult(ref, image_id, seconds, reused, size, context_hash, pushed)
+
+
+def _stream_build(
+    client: Any,
+    context: bytes,
+    *,
+    ref: str,
+    args: Mapping[str, str],
+    labels: Mapping[str, str],
+    say: Say,
+    verbose: bool,
+) -> str:
+    step = "before the first step"
+    recent: deque[str] = deque(maxlen=15)
+    image_id: str | None = None
+    try:
+        stream = client.api.build(
+            fileobj=io.BytesIO(context),
+            custom_context=True,
+            tag=ref,
+            buildargs=dict(args),
+            labels=dict(labels),
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                for line in recent:
+                    say(f"  | {line}")
+                detail = str(chunk.get("error") or "").strip().splitlines()
+                message = detail[-1] if detail else "unknown error"
+                raise RunnerError(f"building {ref} failed at {step}: {message[:300]}")
+            if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                image_id = str(chunk["aux"]["ID"])
+            text = str(chunk.get("stream") or chunk.get("status") or "")
+            for line in text.splitlines():
+                line = line.rstrip()
+                if not line:
+                    continue
+                match = _STEP.match(line)
+                if match:
+                    step = f"step {match.group(1)}/{match.group(2)} ({match.group(3)[:100]})"
+                    recent.clear()
+                    say(line[:200])
+                elif line.startswith("Successfully built ") and image_id is None:
+                    image_id = line.split()[-1]
+                else:
+                    recent.append(line[:300])
+                    if verbose:
+                        say(f"  | {line}")
+    except RunnerError:
+        raise
+    except Exception as exc:
+        raise RunnerError(f"building {ref} failed at {step}: {_api_reason(exc)}") from None
+    if image_id is None:
+        raise RunnerError(f"building {ref} ended without an image; run again with --verbose")
+    return image_id
+
+
+def push_image(client: Any, ref: str, registry: str, *, say: Say) -> str:
+    """Tag ``ref`` as ``REGISTRY/NAME:TAG`` and push it, one line per layer; the pushed ref."""
+    repo, _, tag = ref.rpartition(":")
+    target_repo = f"{registry.rstrip('/')}/{repo.rsplit('/', 1)[-1]}"
+    target = f"{target_repo}:{tag}"
+    try:
+        client.api.tag(ref, target_repo, tag=tag)
+    except Exception as exc:
+        raise RunnerError(f"cannot tag {ref} as {target}: {_api_reason(exc)}") from None
+    say(f"pushing {target}")
+    done: set[str] = set()
+    try:
+        for chunk in client.api.push(target_repo, tag=tag, stream=True, decode=True):
+            if "error" in chunk:
+                raise RunnerError(
+                    f"pushing {target} failed: {str(chunk['error']).splitlines()[0][:200]}; "
+                    "log in with `docker login` for that registry"
+                )
+            status, layer = str(chunk.get("status") or ""), str(chunk.get("id") or "")
+            if status in ("Pushed", "Layer already exists", "Mounted from") and layer not in done:
+                done.add(layer)
+                say(f"  {layer}: {status.lower()}")
+            elif status.startswith(f"{tag}: digest:"):
+                say(f"  {status}")
+    except RunnerError:
+        raise
+    except Exception as exc:
+        raise RunnerError(f"pushing {target} failed: {_api_reason(exc)}") from None
+    say(f"pushed {target}")
+    return target
+
+
+def describe_images(client: Any | None, root: Path | None = None) -> list[dict[str, Any]]:
+    """Each buildable image with the jobs that use it and, when an engine answers, its build."""
+    from runner.spec import load_all, load_job
+
+    users: dict[str, set[str]] = {}
+    for spec in load_all()[0]:
+        for resolved in [spec, *(load_job(spec.name, profile=p) for p in spec.profiles)]:
+            if resolved.image and (used := image_name_for(resolved.image)):
+                label = resolved.name + (f" ({resolved.profile})" if resolved.profile else "")
+                users.setdefault(used, set()).add(label)
+    rows = []
+    for name, image in sorted(known_images(root).items()):
+        ref = f"{image.repository}:latest"
+        jobs = sorted(users.get(name, ()))
+        found = local_image(client, ref) if client is not None else None
+        rows.append(
+            {
+                "name": name,
+                "image": ref,
+                "jobs": jobs,
+                "built": found is not None,
+                "id": found.short_id if found is not None else None,
+                "size_bytes": int(found.attrs.get("Size") or 0) if found is not None else None,
+                "created": found.attrs.get("Created") if found is not None else None,
+            }
+        )
+    return rows
