@@ -198,7 +198,7 @@ def _launch_here(
     from runner.errors import RunnerError
     from runner.launch import preflight
     from runner.launch.local import pick_device, resolve_dataset
-    from runner.launch.runs import RunRecord
+    from runner.launch.runs import RunRecord, judge, read_run_files
 
     device = None
     if backend == "local":
@@ -267,7 +267,10 @@ def _launch_here(
         outcome = run_docker(launch, folder, secrets=_secrets(spec), say=display.info)
         runs.update(run_id, container=outcome.container)
         code, state, summary = outcome.exit_code, outcome.state, outcome.summary
-    runs.update(run_id, state=state, exit_code=code, summary=summary)
+    # The step and pushes as the run folder has them at the end, then the agent's own word.
+    ended = runs.get(run_id)
+    seen = judge(ended, read_run_files(ended), time.time()) if ended is not None else {}
+    runs.update(run_id, **{**seen, "state": state, "exit_code": code, "summary": summary})
     if code != 0:
         raise RunnerError(f"{spec.name} {summary} (run {run_id}, folder {folder})", exit_code=code)
     display.info(f"agent: {summary}")
