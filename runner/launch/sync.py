@@ -113,7 +113,7 @@ def progress_printer(
     say: Callable[[str], None], *, what: str = "dataset", every_s: float = 2.0
 ) -> Callable[[SyncProgress], None]:
     """A progress callback that says one line at most every ``every_s`` (and at 100 %)."""
-    last = [0.0]
+    last = [float("-inf")]
     said_done = [False]
 
     def show(p: SyncProgress) -> None:
