@@ -7,10 +7,15 @@ name (so a terminal still shows a tqdm bar move) and, whole lines at a time, to
 renamed to ``attempt-N.log.1`` (replacing the older one) and started afresh, so
 an attempt keeps its last ``max_bytes`` to ``2 x max_bytes`` of output.
 
-Lines, split on ``\\n`` and on ``\\r`` (tqdm redraws its bar with a carriage
-return), wait in a bounded queue for the agent's next tick
-(:meth:`AttemptLog.lines`). Nothing is redacted and nothing is added: the log
-is what the process wrote, never its environment.
+Lines, split on ``\\n`` and on ``\\r`` (:class:`LineSplitter`), wait in a
+bounded queue for the agent's next tick (:meth:`AttemptLog.lines`). A redraw
+is complete when it is written: tqdm writes ``\\r`` *before* each redraw of its
+bar, so the text after the last ``\\r`` is the bar's current state, handed on
+(and logged) at once, not when the next redraw arrives, which after a freeze
+is only when tqdm's monitor thread refreshes the bar 10-20 s later. Text after
+a ``\\n`` with no line end yet is an unfinished line and waits for its end.
+Nothing is redacted and nothing is added: the log is what the process wrote,
+never its environment.
 
 Invariants: a failing pass-through (our own stdout closed, a broken pipe) is
 dropped and the log goes on; a failing log file (disk full) is reported once
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -30,7 +36,7 @@ from typing import IO, BinaryIO
 
 from runner.rundir import LOGS_DIR, attempt_log_path
 
-__all__ = ["LOGS_DIR", "AttemptLog", "attempt_log_path", "split_lines"]
+__all__ = ["LOGS_DIR", "AttemptLog", "LineSplitter", "attempt_log_path", "split_lines"]
 
 #: Default bound of one attempt's log file before it rotates.
 MAX_LOG_BYTES = 64 << 20
@@ -46,7 +52,9 @@ _MAX_PARTIAL = 1 << 16
 def split_lines(data: bytes) -> tuple[bytes, list[bytes], bytes]:
     """``data`` cut after its last line end: that head, its lines, and the rest.
 
-    Lines are split on ``\\n`` and ``\\r``; blank ones are dropped.
+    Lines are split on ``\\n`` and ``\\r``; blank ones are dropped. Stateless:
+    the rest after a final ``\\r`` is left over here; :class:`LineSplitter`
+    is what reads a stream (and takes that rest as a redraw).
     """
     cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
     if cut < 0:
@@ -54,6 +62,76 @@ def split_lines(data: bytes) -> tuple[bytes, list[bytes], bytes]:
     head, rest = data[: cut + 1], data[cut + 1 :]
     parts = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     return head, [p for p in parts if p.strip()], rest
+
+
+class LineSplitter:
+    """One stream's bytes cut into lines, as they arrive; see the module docstring.
+
+    :meth:`feed` returns the bytes ready for the log file and the lines ready
+    for the detectors, in order. The text after a final ``\\r`` (a redraw) is
+    both at once, and is not handed on a second time when the ``\\r`` of the
+    next redraw ends it. Should a writer put a ``\\r`` and then write its line
+    in pieces, the line is handed on again each time it grows. A ``\\r\\n`` is
+    one line end, even split across two chunks. A segment longer than
+    ``max_partial`` is data, not a log line: it is handed on and logged with a
+    ``\\n`` added, and the next one starts afresh.
+    """
+
+    def __init__(self, max_partial: int) -> None:
+        self.max_partial = max_partial
+        #: Bytes not yet written out: an unfinished line after a ``\\n``.
+        self._held = b""
+        #: The current segment (after the last line end), written out or not.
+        self._segment = b""
+        #: The segment as last handed on (a redraw), to hand each state on once.
+        self._handed = b""
+        self._after_cr = False
+
+    def feed(self, chunk: bytes) -> tuple[bytes, list[bytes]]:
+        """``chunk`` read: (bytes for the log file, complete lines)."""
+        lines: list[bytes] = []
+        start = 0
+        for match in _LINE_END.finditer(chunk):
+            index = match.start()
+            piece = (self._segment + chunk[start:index]).rstrip(b"\r")
+            if piece.strip() and piece != self._handed:
+                lines.append(piece)
+            self._segment, self._handed = b"", b""
+            self._after_cr = chunk[index] == 13
+            start = index + 1
+        out = b""
+        if start > 0:
+            out, self._held = self._held + chunk[:start], b""
+        tail = chunk[start:]
+        self._segment += tail
+        if self._after_cr:
+            # A redraw, complete when written: tqdm writes "\r" + the bar, then flushes.
+            out += tail
+            if self._segment.strip() and self._segment != self._handed:
+                lines.append(self._segment)
+                self._handed = self._segment
+        else:
+            self._held += tail
+        if len(self._segment) > self.max_partial:
+            out += self._held + b"\n"
+            if self._segment != self._handed:
+                lines.append(self._segment)
+            self._held = self._segment = self._handed = b""
+            self._after_cr = False
+        return out, lines
+
+    def end(self) -> tuple[bytes, list[bytes]]:
+        """The stream ended: what is still held, written out and handed on as a last line."""
+        # The file ends with a line end, as it would had the process written one.
+        out = self._held + b"\n" if self._held or self._segment else b""
+        segment = self._segment.rstrip(b"\r")
+        lines = [segment] if segment.strip() and segment != self._handed else []
+        self._held = self._segment = self._handed = b""
+        return out, lines
+
+
+#: A line end: each ``\\n``, and each ``\\r`` that does not start a ``\\r\\n``.
+_LINE_END = re.compile(rb"\n|\r(?!\n)")
 
 
 class AttemptLog:
@@ -125,7 +203,7 @@ class AttemptLog:
     def _pump(self, name: str, pipe: IO[bytes]) -> None:
         sink = self.passthrough.get(name)
         fd = pipe.fileno()
-        partial = b""
+        splitter = LineSplitter(_MAX_PARTIAL)
         try:
             while True:
                 try:
@@ -143,15 +221,12 @@ class AttemptLog:
                         sink.flush()
                     except (OSError, ValueError):
                         sink = None  # our own stream is gone: keep logging
-                head, lines, partial = split_lines(partial + chunk)
-                if len(partial) > _MAX_PARTIAL:
-                    # A "line" this long is data, not a log line: keep it moving.
-                    head, lines, partial = head + partial + b"\n", [*lines, partial], b""
-                self._write_file(head)
+                out, lines = splitter.feed(chunk)
+                self._write_file(out)
                 self._queue(lines)
-            if partial:
-                self._write_file(partial + b"\n")
-                self._queue([partial])
+            out, lines = splitter.end()
+            self._write_file(out)
+            self._queue(lines)
         finally:
             with contextlib.suppress(OSError):
                 pipe.close()

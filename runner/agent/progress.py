@@ -10,7 +10,21 @@ Two sources, one :class:`~runner.agent.observe.Progress`:
   read from its output with the job's ``progress.pattern``, a regular
   expression with a named group ``step`` (and optionally ``epoch``) searched in
   every line. Lines are split on carriage returns too, so each redraw of a
-  tqdm bar is a line.
+  tqdm bar is a line, handed on as soon as it is written
+  (:class:`runner.agent.logs.LineSplitter`).
+
+A line that repeats the step already seen is no step (tqdm's monitor thread
+redraws a bar that has been still for 10 s: after a freeze, that redraw must
+neither count as progress nor teach a 10-20 s interval). A bar also redraws
+behind its counter: tqdm draws at most every ``mininterval`` (0.1 s), so a
+fast loop that freezes may have made a step or two its last redraw does not
+show, and the monitor's redraw shows them 10-20 s later. So a log sighting
+that comes after more than :data:`LATE_FACTOR` x the usual time between
+sightings and adds fewer steps than a usual sighting is a *late redraw*: its
+step is taken (the step reported is the bar's), but not as progress made now:
+``last_step_time`` stays, the silence goes on, and its steps are counted into
+the next interval, measured from the last sighting that was progress. A loop
+whose bar redraws every step (under 10 it/s) never has late redraws.
 
 Once a heartbeat of this attempt has been seen, the harness is the source and
 log lines are ignored. A heartbeat belongs to this attempt when the harness
@@ -26,6 +40,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,13 +49,20 @@ from typing import Any
 from runner.agent.observe import Progress
 from runner.harness import read_heartbeat
 
-__all__ = ["HISTORY", "ProgressTracker"]
+__all__ = ["HISTORY", "LATE_FACTOR", "ProgressTracker"]
 
 #: Recent step intervals and data-wait fractions kept (observe.Progress says 64).
 HISTORY = 64
 #: A heartbeat may be stamped this much before the attempt started (clock skew
 #: between the agent's and the trainer's reading of the same wall clock).
 _SLACK_S = 0.05
+#: A log sighting after this many times the usual gap between sightings, adding
+#: fewer steps than usual, is a late redraw (see the module docstring).
+LATE_FACTOR = 5.0
+#: Sightings that advanced (gap, steps) kept to tell what is usual.
+_SIGHTINGS = 16
+#: Sightings needed before a late redraw can be told.
+_MIN_SIGHTINGS = 3
 
 
 class ProgressTracker:
@@ -70,6 +92,9 @@ class ProgressTracker:
         self._metrics: dict[str, float] = {}
         self._checkpoint_step: int | None = None
         self._made: int | None = None
+        self._sightings: deque[tuple[float, int]] = deque(maxlen=_SIGHTINGS)
+        self._unrecorded = 0
+        self.late_redraws = 0
         self.trainer_pid: int | None = None
         self.heartbeat_time: float | None = None
 
@@ -110,8 +135,12 @@ class ProgressTracker:
         elif self._source != "harness" and self.pattern is not None and lines:
             self._from_lines(lines)
         made = self._take_made()
-        if made is not None:
-            self._record(made, now)
+        if made is not None and self._source == "log" and self._late(made, now):
+            self._unrecorded += made
+            self.late_redraws += 1
+        elif made is not None:
+            self._record(made + self._unrecorded, now)
+            self._unrecorded = 0
         if self._source != "harness" or self._checkpoint_step is None:
             self._checkpoint_step = checkpoint_step
         return self.progress
@@ -196,12 +225,22 @@ class ProgressTracker:
         made, self._made = self._made, None
         return made
 
+    def _late(self, made: int, now: float) -> bool:
+        """Whether a log sighting of ``made`` new steps at ``now`` is a late redraw."""
+        last = self._last_step_time
+        if last is None or made <= 0 or len(self._sightings) < _MIN_SIGHTINGS:
+            return False
+        gap = statistics.median(g for g, _ in self._sightings)
+        usual = statistics.median(m for _, m in self._sightings)
+        return now - last > LATE_FACTOR * gap and made < usual
+
     def _record(self, made: int, now: float) -> None:
         """The step moved by ``made`` since the last sighting: spread the time over them."""
         last, self._last_step_time = self._last_step_time, now
         if last is None or made <= 0:
             return
         elapsed = max(0.0, now - last)
+        self._sightings.append((elapsed, made))
         self._intervals.extend([elapsed / made] * min(made, self.history))
 
 

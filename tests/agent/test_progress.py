@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner import harness
-from runner.agent.logs import split_lines
+from runner.agent.logs import LineSplitter, split_lines
 from runner.agent.progress import HISTORY, ProgressTracker
 
 
@@ -139,3 +139,71 @@ def test_checkpoint_step_from_disk_when_the_harness_gives_none(tmp_path: Path) -
     tracker = ProgressTracker(None, r"^step (?P<step>\d+)")
     tracker.reset(0.0)
     assert tracker.update(["step 1"], 1.0, checkpoint_step=40).checkpoint_step == 40
+
+
+# -- the splitter and tqdm's redraws ---------------------------------------------
+
+
+def test_a_redraw_is_a_line_when_written_and_handed_on_once() -> None:
+    splitter = LineSplitter(1 << 16)
+    # tqdm writes "\r" + the bar and flushes: the text after the last "\r" is complete.
+    out, lines = splitter.feed(b"\r  0%|  | 0/100 [00:00<?, ?it/s]\r 10%|# | 10/100 [00:01<00:09]")
+    assert lines == [b"  0%|  | 0/100 [00:00<?, ?it/s]", b" 10%|# | 10/100 [00:01<00:09]"]
+    assert out.endswith(b"10/100 [00:01<00:09]")  # the log file has the bar's state at once
+    # The next redraw's "\r" ends the last one: it is not handed on twice.
+    out, lines = splitter.feed(b"\r 20%|## | 20/100 [00:02<00:08]")
+    assert lines == [b" 20%|## | 20/100 [00:02<00:08]"] and out.startswith(b"\r 20%")
+    # The same bar redrawn (tqdm's monitor thread) is a line again; progress dedups it.
+    assert splitter.feed(b"\r 20%|## | 20/100 [00:12<00:48]")[1] == [
+        b" 20%|## | 20/100 [00:12<00:48]"
+    ]
+    # The bar closes with a line end; "\r\n" is one line end even across chunks.
+    assert splitter.feed(b"\r100%|###| 100/100\r")[1] == [b"100%|###| 100/100"]
+    assert splitter.feed(b"\nstep 5")[1] == []  # an unfinished line after "\n" waits
+    out, lines = splitter.feed(b" done\r\n")
+    assert lines == [b"step 5 done"] and out == b"step 5 done\r\n"
+    # A writer that puts "\r" and then its line in pieces: each longer state is handed on.
+    assert splitter.feed(b"\rabc")[1] == [b"abc"]
+    assert splitter.feed(b"def\n")[1] == [b"abcdef"]
+    assert splitter.end() == (b"", [])
+
+
+def test_the_splitter_keeps_every_byte_and_bounds_a_line() -> None:
+    raw = b"a\r\nb\rc\r" + b"x" * 50 + b"\ny\rz"
+    splitter = LineSplitter(16)
+    written, lines = b"", []
+    for i in range(0, len(raw), 7):
+        out, got = splitter.feed(raw[i : i + 7])
+        written += out
+        lines += got
+    out, got = splitter.end()
+    written, lines = written + out, lines + got
+    assert written.replace(b"\n", b"") == raw.replace(b"\n", b"")  # only line ends added
+    assert lines[:3] == [b"a", b"b", b"c"] and lines[-2:] == [b"y", b"z"]
+    assert all(len(line) <= 16 + 7 for line in lines)
+
+
+def test_monitor_refresh_after_a_freeze_is_no_step_and_teaches_no_interval() -> None:
+    tracker = ProgressTracker(None, r"(?P<step>\d+)/\d+ \[")
+    tracker.reset(0.0)
+    for t in range(1, 11):  # 20 it/s, one tick a second, ~10 redraws a tick
+        p = tracker.update([f"{20 * t - 2}/1000 [", f"{20 * t}/1000 ["], float(t))
+    assert p.step == 200 and p.last_step_time == 10.0
+    # Frozen at 201 with the bar at 200; tqdm's monitor redraws it 13 s later at 201,
+    # and then again at 201: neither is progress made now.
+    p = tracker.update(["201/1000 [00:23<..."], 23.0)
+    assert p.step == 201 and p.last_step_time == 10.0 and max(p.intervals) < 0.1
+    p = tracker.update(["201/1000 [00:33<..."], 33.0)
+    assert p.step == 201 and p.last_step_time == 10.0 and tracker.late_redraws == 1
+    # Training resumes: the wait is learned then, from the last step that was progress.
+    p = tracker.update(["221/1000 ["], 34.0)
+    assert p.last_step_time == 34.0 and max(p.intervals) == pytest.approx(24.0 / 21)
+
+
+def test_a_bar_that_redraws_every_step_has_no_late_redraws() -> None:
+    tracker = ProgressTracker(None, r"(?P<step>\d+)/\d+ \[")
+    tracker.reset(0.0)
+    for t in range(1, 6):
+        tracker.update([f"{t}/100 ["], float(t))
+    p = tracker.update(["6/100 ["], 30.0)  # a slow step is a step
+    assert p.last_step_time == 30.0 and max(p.intervals) == pytest.approx(25.0)
