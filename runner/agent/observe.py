@@ -49,7 +49,9 @@ class Observation:
     is still running; ``log_lines`` are the stdout/stderr lines written since
     the previous tick; ``checkpoint_bytes`` is the size of the newest complete
     checkpoint when known (else the job spec's estimate, else None);
-    ``checkpoint_path`` is the folder checkpoints are written to.
+    ``checkpoint_path`` is the folder checkpoints are written to;
+    ``exit_code`` is the training process's exit code (128+N for signal N) on
+    the last tick of an attempt that ended by itself, else ``None``.
     """
 
     now: float
@@ -64,6 +66,7 @@ class Observation:
     checkpoint_bytes: int | None = None
     checkpoint_path: str | None = None
     num_gpus_expected: int = 0
+    exit_code: int | None = None
 
 
 class Detector(Protocol):

@@ -48,6 +48,7 @@ from runner.sampling.procs import ProcessSnapshot, ProcessTree, ProcessTreeSampl
 
 __all__ = [
     "STACKS_DIR",
+    "Blocking",
     "ProcessDump",
     "StackDump",
     "dump_tree",
@@ -112,6 +113,12 @@ class ProcessDump:
     error: str | None = None
     #: Anything else worth knowing (a stopped process read without pausing).
     note: str | None = None
+    #: Parent pid, when known.
+    ppid: int | None = None
+    #: The frame where the main thread waits for another process (a DataLoader's
+    #: queue get, ``Popen.wait``, ``Process.join``), ``None`` when it does not:
+    #: such a process is not the one that blocks.
+    waits_in: str | None = None
 
     def to_dict(self, base: Path | None = None) -> dict[str, Any]:
         """JSON-ready; ``file`` relative to ``base`` when given."""
@@ -128,6 +135,35 @@ class ProcessDump:
             "threads": self.threads,
             "error": self.error,
             "note": self.note,
+            "ppid": self.ppid,
+            "waits_in": self.waits_in,
+        }
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Which process of a dump blocks, and which waits for it."""
+
+    process: ProcessDump
+    #: The process that waits for it (the training process), if not itself.
+    waiter: ProcessDump | None = None
+    #: Other processes that block the same way (the other DataLoader workers).
+    alike: int = 0
+
+    @property
+    def frame(self) -> str | None:
+        """Where it blocks: its own code's innermost frame, else the innermost frame."""
+        return self.process.main_user or self.process.main_top
+
+    def to_dict(self) -> dict[str, Any]:
+        waiter = self.waiter
+        return {
+            "pid": self.process.pid,
+            "frame": self.frame,
+            "top": self.process.main_top,
+            "waiter_pid": None if waiter is None else waiter.pid,
+            "waiter_frame": None if waiter is None else waiter.waits_in,
+            "alike": self.alike,
         }
 
 
@@ -149,6 +185,41 @@ class StackDump:
     def main(self, pid: int | None) -> ProcessDump | None:
         """The dump of ``pid`` (the training process, usually), if taken."""
         return next((d for d in self.dumps if d.pid == pid and d.file is not None), None)
+
+    def blocking(self, pid: int | None) -> Blocking | None:
+        """The process that blocks, starting from ``pid`` (the training process).
+
+        ``pid`` itself, unless its main thread waits for other processes (its
+        DataLoader's workers, a subprocess): then the first of its dumped
+        descendants that does not wait in turn, one with a frame of the user's
+        own code first. ``None`` when ``pid`` was not dumped.
+        """
+        root = self.main(pid)
+        if root is None:
+            return None
+        if root.waits_in is None:
+            return Blocking(root)
+        parents = {d.pid: d.ppid for d in self.dumps}
+
+        def below_root(d: ProcessDump) -> bool:
+            seen: set[int] = set()
+            parent = d.ppid
+            while parent is not None and parent not in seen:
+                if parent == root.pid:
+                    return True
+                seen.add(parent)
+                parent = parents.get(parent)
+            return False
+
+        found = [
+            d
+            for d in self.dumps
+            if d.file is not None and d.pid != root.pid and d.waits_in is None and below_root(d)
+        ]
+        if not found:
+            return Blocking(root)
+        found.sort(key=lambda d: (d.main_user is None and d.main_top is None, d.main_user is None))
+        return Blocking(found[0], waiter=root, alike=len(found) - 1)
 
     def evidence(self, run_dir: Path | None = None) -> dict[str, Any]:
         """JSON-ready summary for a ``stack_dump`` event; paths relative to ``run_dir``."""
@@ -298,9 +369,19 @@ def _dump_one(
             if threads is not None:
                 path = directory / f"pid-{pid}.txt"
                 _write_text(path, _render(pid, proc, method, threads, note))
-                top, user = _main_frames(pid, threads)
+                top, user, waits = _main_frames(pid, threads)
                 return ProcessDump(
-                    pid, state, path, method, top, user, len(threads), _join(errors), note
+                    pid,
+                    state,
+                    path,
+                    method,
+                    top,
+                    user,
+                    len(threads),
+                    _join(errors),
+                    note,
+                    proc.ppid,
+                    waits,
                 )
             errors.append(f"{method}: {error}")
     else:
@@ -317,13 +398,25 @@ def _dump_one(
                     path = directory / f"pid-{pid}.txt"
                     header = f"Process {pid} ({state}): faulthandler (SIGUSR1)\n"
                     _write_text(path, header + text)
-                    top, user = _faulthandler_frames(text)
+                    top, user, waits = _faulthandler_frames(text)
                     count = text.count("most recent call first")
                     return ProcessDump(
-                        pid, state, path, "faulthandler", top, user, count, _join(errors), note
+                        pid,
+                        state,
+                        path,
+                        "faulthandler",
+                        top,
+                        user,
+                        count,
+                        _join(errors),
+                        note,
+                        proc.ppid,
+                        waits,
                     )
                 errors.append("faulthandler wrote nothing within the time allowed")
-    return ProcessDump(pid, state, None, "none", error=_join(errors) or "no method", note=note)
+    return ProcessDump(
+        pid, state, None, "none", error=_join(errors) or "no method", note=note, ppid=proc.ppid
+    )
 
 
 def _join(errors: list[str]) -> str | None:
@@ -395,10 +488,14 @@ def _main_thread(pid: int, threads: Sequence[Mapping[str, Any]]) -> Mapping[str,
     return threads[0] if threads else None
 
 
-def _main_frames(pid: int, threads: Sequence[Mapping[str, Any]]) -> tuple[str | None, str | None]:
+def _main_frames(
+    pid: int, threads: Sequence[Mapping[str, Any]]
+) -> tuple[str | None, str | None, str | None]:
+    """The main thread's innermost frame, innermost user frame, and where it waits for
+    another process (see :func:`_waits_in`)."""
     main = _main_thread(pid, threads)
     if main is None:
-        return None, None
+        return None, None, None
     frames = [f for f in main.get("frames") or () if isinstance(f, Mapping)]
     python = [f for f in frames if _is_python_frame(f)]
     top = _frame_text(python[0], short=True) if python else None
@@ -410,7 +507,52 @@ def _main_frames(pid: int, threads: Sequence[Mapping[str, Any]]) -> tuple[str | 
         ),
         None,
     )
-    return top, user
+    named = [(str(f.get("name") or "?"), str(f.get("filename") or "")) for f in python]
+    waits = _waits_in(named)
+    text = None if waits is None else _frame_text(python[waits], short=True)
+    return top, user, text
+
+
+# Frames (file, function) in which a process waits for another one: a DataLoader
+# for its workers, a pool, a Popen or a Process for its child.
+_WAITING: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
+    (
+        re.compile(r"torch/utils/data/dataloader\.py$"),
+        re.compile(r"(^|\.)(_try_get_data|_get_data|_next_data)$"),
+    ),
+    (re.compile(r"multiprocessing/queues\.py$"), re.compile(r"(^|\.)get$")),
+    (
+        re.compile(r"multiprocessing/connection\.py$"),
+        re.compile(r"(^|\.)(wait|poll|_poll|recv|recv_bytes|_recv_bytes|_recv)$"),
+    ),
+    (re.compile(r"multiprocessing/pool\.py$"), re.compile(r"(^|\.)(get|wait|join|map|starmap)$")),
+    (re.compile(r"multiprocessing/popen_\w+\.py$"), re.compile(r"(^|\.)(wait|poll)$")),
+    (re.compile(r"multiprocessing/process\.py$"), re.compile(r"(^|\.)join$")),
+    (
+        re.compile(r"/subprocess\.py$"),
+        re.compile(r"(^|\.)(wait|_wait|_try_wait|communicate|_communicate|run|call)$"),
+    ),
+    (re.compile(r"concurrent/futures/process\.py$"), re.compile(r".")),
+)
+
+
+def _waits_in(frames: Sequence[tuple[str, str]]) -> int | None:
+    """Index of the frame where this thread waits for another process, if it does.
+
+    ``frames`` are (function, file), innermost first. Only the library frames
+    above the innermost frame of the user's own code count: a forked worker
+    carries its parent's frames below its own (``Popen``, the DataLoader's
+    start), which say nothing about what it waits for now. The outermost
+    waiting frame of that run is the one named (the DataLoader's, not the
+    selector's).
+    """
+    found = None
+    for index, (name, filename) in enumerate(frames):
+        if not _LIBRARY.search(filename):
+            break
+        if any(f.search(filename) and n.search(name) for f, n in _WAITING):
+            found = index
+    return found
 
 
 def _render(
@@ -479,8 +621,8 @@ _FH_THREAD = re.compile(r"^(Current thread|Thread) (0x[0-9a-f]+) \(most recent c
 _FH_FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<name>.+)$')
 
 
-def _faulthandler_frames(text: str) -> tuple[str | None, str | None]:
-    """Top frame and first user frame of the current (signalled: main) thread."""
+def _faulthandler_frames(text: str) -> tuple[str | None, str | None, str | None]:
+    """Top frame, first user frame and waiting frame of the current (signalled: main) thread."""
     blocks: list[tuple[bool, list[tuple[str, str, str]]]] = []
     for line in text.splitlines():
         head = _FH_THREAD.match(line)
@@ -491,7 +633,7 @@ def _faulthandler_frames(text: str) -> tuple[str | None, str | None]:
         if frame and blocks:
             blocks[-1][1].append((frame.group("name"), frame.group("file"), frame.group("line")))
     if not blocks:
-        return None, None
+        return None, None, None
     frames = next((f for current, f in blocks if current), blocks[0][1])
 
     def text_of(name: str, file: str, line: str) -> str:
@@ -499,4 +641,5 @@ def _faulthandler_frames(text: str) -> tuple[str | None, str | None]:
 
     top = text_of(*frames[0]) if frames else None
     user = next((text_of(*f) for f in frames if not _LIBRARY.search(f[1])), None)
-    return top, user
+    waits = _waits_in([(name, file) for name, file, _ in frames])
+    return top, user, None if waits is None else text_of(*frames[waits])

@@ -22,6 +22,10 @@ What it does about an event is the event's ``action``:
   ``restart.on_oom: reduce_batch``, restarted once per OOM with the batch
   override halved. ``xid``, ``ecc`` and ``gpu_lost`` stop the run as a bad host.
 
+An OOM line alone is no stop: the ``oom`` detector waits for what the process
+does next (a step: a handled OOM, a warning; an exit: it died of it; neither,
+until a confirmed stall would be due: it stopped making progress after it).
+
 A command that exits non-zero by itself is restarted within the same budget,
 except: after an ``oom`` (never retried unchanged), after a bad-host event,
 exit code 2 before the first step (the command rejected its arguments: the
@@ -34,12 +38,25 @@ Exit codes of :meth:`Supervisor.run` (and ``runner agent run``):
 =====  ==================================================================
 0      the command finished (it exited 0)
 N      the command's own code (128+N for signal N) when it ended by itself
-       and is not restarted: a failure, a crash loop, an OOM
+       and is not restarted: a failure, a crash loop, an OOM it died of
 3      :data:`EXIT_STOPPED`: the agent killed the run and did not restart it
-       (a stall, disk full or OOM past the budget or policy)
+       (a stall, disk full, an OOM it stopped stepping after, past the
+       budget or policy)
 4      :data:`EXIT_BAD_HOST`: stopped because the host is bad (XID, ECC,
        GPU lost): move the job to another machine
 =====  ==================================================================
+
+One cause, one code: a script that prints an OOM and exits 1 ends with 1,
+every time, not 1 or 3 by whether a tick saw the line before the process was
+gone. The code says who ended the run: the process's own exit is the truer
+account (and what a user sees run without the agent), and the agent waits
+for it rather than racing it to a kill: until a confirmed stall would be
+due, and at least 10 s after the line (less only where that limit is less).
+Only an OOM the process outlives without stepping is the agent's doing, so 3.
+The same holds for any other stop a log line raises, which the process may be
+dying of (``No space left on device``, a host OOM kill): it is given
+``min(confirm_s, 10 s)`` to exit by itself (its own code, no stacks to dump)
+before the agent dumps and kills it (3).
 
 The last event (``finished``, ``failed`` or ``stopped``) and ``status.json``
 carry one line that says what happened, e.g. ``stopped: froze at step 1234
@@ -75,7 +92,7 @@ from runner.agent.restart import (
     halve,
     set_override,
 )
-from runner.agent.stacks import StackDump, dump_tree, find_py_spy, new_dump_dir
+from runner.agent.stacks import Blocking, StackDump, dump_tree, find_py_spy, new_dump_dir
 from runner.errors import RunnerError
 from runner.harness import ENV_CHECKPOINT_DIR, ENV_RUN_DIR, latest_checkpoint
 from runner.rundir import Action, Event, EventLog, RunState, Status, read_events
@@ -108,6 +125,9 @@ _RANK: Mapping[Action, int] = {"none": 0, "dump": 1, "restart": 2, "stop": 3}
 MAX_DUMPS = 50
 #: Longest restart delay, seconds (it doubles while restarts gain no checkpoint).
 MAX_RESTART_DELAY_S = 60.0
+#: Seconds, at most (``confirm_s`` if less), a process is given to exit by itself
+#: after a log line it may be dying of, before the agent dumps and kills it.
+EXIT_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -734,6 +754,9 @@ class Supervisor:
             checkpoint_bytes=ck.size_bytes,
             checkpoint_path=str(self.checkpoint_dir) if self.checkpoint_dir else None,
             num_gpus_expected=self.expected_gpus,
+            exit_code=None
+            if alive or attempt.returncode is None
+            else _exit_code(attempt.returncode),
         )
         events: list[Event] = []
         for detector in detectors:
@@ -802,7 +825,10 @@ class Supervisor:
                 self._dump(attempt, strongest)
             return False
         attempt.trigger = strongest
-        if not attempt.exited.is_set():
+        grace = min(self.watchdog.confirm_s, EXIT_GRACE_S) if _may_be_exiting(strongest) else 0.0
+        if attempt.exited.wait(grace):
+            self._clear_group(attempt)  # it ended by itself: its own code, nothing to dump
+        else:
             self._dump(attempt, strongest)
             self._terminate(attempt)
         attempt.log.join(2.0)
@@ -821,12 +847,8 @@ class Supervisor:
             timeout_s=self.stack_timeout_s,
         )
         self._stack_dirs.append(directory)
-        main = dump.main(attempt.pid) or dump.main(self._progress.trainer_pid)
-        where = ""
-        if main is not None and main.main_top:
-            where = f"; main thread in {main.main_top}"
-            if main.main_user and main.main_user != main.main_top:
-                where += f" from {main.main_user}"
+        blocking = dump.blocking(attempt.pid) or dump.blocking(self._progress.trainer_pid)
+        where = "" if blocking is None else _where_it_blocks(blocking)
         failed = [d for d in dump.dumps if d.file is None]
         tail = f"; {len(failed)} could not be dumped" if failed else ""
         self._emit(
@@ -835,7 +857,11 @@ class Supervisor:
                 "info",
                 f"stacks of {len(dump.files)} process(es) in {self._rel(directory)} "
                 f"after {trigger.kind}{where}{tail}",
-                evidence={**dump.evidence(self.run_dir), "trigger": trigger.kind},
+                evidence={
+                    **dump.evidence(self.run_dir),
+                    "trigger": trigger.kind,
+                    "blocking": None if blocking is None else blocking.to_dict(),
+                },
                 attempt=attempt.number,
             )
         )
@@ -931,7 +957,8 @@ class Supervisor:
         if not attempt.killed_by_agent and code == 0:
             return _Decision(False, "finished", 0)
         agent_code = EXIT_STOPPED if attempt.killed_by_agent else code
-        oom = next((e for e in attempt.events if e.kind == "oom"), None)
+        # Only an OOM the job died of, or stopped stepping after (a handled one is a warning).
+        oom = next((e for e in attempt.events if e.kind == "oom" and e.action == "stop"), None)
         if oom is not None:
             return self._decide_oom(attempt, oom, agent_code)
         if trigger is not None and trigger.action == "stop":
@@ -1247,6 +1274,37 @@ def _cause(event: Event) -> str:
             f"{where} (no step for {ev['silence_s']:.0f} s" + "".join(f", {s}" for s in signs) + ")"
         )
     return event.message
+
+
+def _may_be_exiting(event: Event) -> bool:
+    """A stop raised by a log line the process may be dying of (disk full, a host OOM
+    kill), not yet waited for (an OOM the process outlived without stepping was)."""
+    ev = event.evidence
+    return event.action == "stop" and "line" in ev and ev.get("died") is not False
+
+
+def _where_it_blocks(blocking: Blocking) -> str:
+    """The stack dump's headline: the frame of the process that blocks.
+
+    ``; main thread in TOP from USER`` for the training process itself; for a
+    process it waits for (a DataLoader worker): ``; blocked in USER in pid P
+    (main thread in TOP), and N more alike; waited for by pid M in FRAME``.
+    """
+    proc = blocking.process
+    if blocking.waiter is None:
+        if not proc.main_top:
+            return ""
+        where = f"; main thread in {proc.main_top}"
+        if proc.main_user and proc.main_user != proc.main_top:
+            where += f" from {proc.main_user}"
+        return where
+    frame = blocking.frame or "an unknown frame"
+    where = f"; blocked in {frame} in pid {proc.pid}"
+    if proc.main_top and proc.main_top != frame:
+        where += f" (main thread in {proc.main_top})"
+    if blocking.alike:
+        where += f", and {blocking.alike} more alike"
+    return where + f"; waited for by pid {blocking.waiter.pid} in {blocking.waiter.waits_in}"
 
 
 def _python(argv: list[str]) -> list[str]:

@@ -249,6 +249,7 @@ class Run:
         checkpoint_bytes: int | None = None,
         errors: Sequence[str] = (),
         expected_gpus: int = 0,
+        exit_code: int | None = None,
     ) -> list[Event]:
         now = T0 + t
         obs = Observation(
@@ -264,6 +265,7 @@ class Run:
             checkpoint_bytes=checkpoint_bytes,
             checkpoint_path="/workspace/checkpoints",
             num_gpus_expected=expected_gpus,
+            exit_code=exit_code,
         )
         out: list[Event] = []
         for d in self.detectors:
@@ -1131,14 +1133,16 @@ def test_real_disk_with_less_than_two_checkpoints_free(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_oom_stops_with_the_matched_line(line: str, framework: str) -> None:
+def test_oom_the_process_dies_of_stops_with_the_matched_line(line: str, framework: str) -> None:
     run = Run([OomDetector()])
     gpus = Gpus(Scenario("healthy", pid=ROOT))
     run.tick(0, gpus=gpus.at(0)[0], logs=["Traceback (most recent call last):", line])
-    run.tick(1, logs=[line])
+    assert run.events == []  # alive: it may have caught it; wait for what it does next
+    run.tick(1, logs=[line], alive=False, exit_code=1)
     event = only(run.events)
     assert (event.kind, event.severity, event.action) == ("oom", "critical", "stop")
     assert event.evidence["line"] == line and event.evidence["framework"] == framework
+    assert event.evidence["died"] is True and event.evidence["exit_code"] == 1
     assert line.split(": ", 1)[-1][:20] in event.message  # the error as the user saw it
     assert event.evidence["gpus"][0]["memory_total_bytes"] == 16376 * (1 << 20)
 
@@ -1146,10 +1150,92 @@ def test_oom_stops_with_the_matched_line(line: str, framework: str) -> None:
 def test_oom_again_in_a_new_attempt_is_reported_again() -> None:
     run = Run([OomDetector()])
     line = "RuntimeError: CUDA error: out of memory"
-    run.tick(0, logs=[line])
+    run.tick(0, logs=[line], alive=False, exit_code=1)
     run.attempt = 1
-    run.tick(1, logs=[line])
+    run.tick(1, logs=[line], alive=False, exit_code=1)
     assert [e.attempt for e in run.events] == [0, 1]
+
+
+OOM_LINE = "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB"
+
+
+def _stepping(run: Run, until: int, *, logs_at: int = -1, step_s: int = 1) -> Progress:
+    """Steps every ``step_s`` up to ``until`` (harness), the OOM line at ``logs_at``."""
+    progress = Progress()
+    for t in range(0, until + 1):
+        if t % step_s == 0:
+            progress = Progress(source="harness", step=t // step_s, last_step_time=T0 + t)
+        run.tick(t, progress=progress, logs=[OOM_LINE] if t == logs_at else [])
+    return progress
+
+
+def test_oom_followed_by_steps_is_a_handled_warning() -> None:
+    run = Run([OomDetector()])
+    _stepping(run, 60, logs_at=20)
+    event = only(run.events)
+    assert (event.kind, event.severity, event.action) == ("oom", "warning", "none")
+    assert t_of(event) == 21  # the first step after the line
+    assert event.evidence["handled"] is True and event.evidence["steps_after"] == 1
+    assert "trained on" in event.message
+    # A second handled OOM adds no event; one it then dies of is critical.
+    _stepping(run, 30, logs_at=25)
+    run.tick(61, logs=[OOM_LINE])
+    run.tick(62, alive=False, exit_code=1)
+    assert [e.severity for e in run.events] == ["warning", "critical"]
+
+
+def test_oom_exit_zero_is_handled_and_exit_nonzero_is_a_failure() -> None:
+    clean = Run([OomDetector()])
+    clean.tick(0, logs=[OOM_LINE])
+    clean.tick(1, alive=False, exit_code=0)
+    assert only(clean.events).severity == "warning"
+
+
+def test_oom_then_no_step_is_critical_no_later_than_a_confirmed_stall() -> None:
+    w = WatchdogSpec()
+    oom, stall = OomDetector(w), StallDetector(w)
+    run = Run([oom, stall], watchdog=w)
+    progress = Progress()
+    for t in range(0, 200):
+        if t <= 20:
+            progress = Progress(source="harness", step=t, last_step_time=T0 + t)
+        cpu = 1.0 if t <= 21 else 0.0
+        run.tick(
+            t,
+            progress=progress,
+            procs=training_tree(root_cpu=cpu, workers=0),
+            logs=[OOM_LINE] if t == 21 else [],
+        )
+        if run.events:
+            break
+    event = run.events[0]
+    assert (event.kind, event.severity, event.action) == ("oom", "critical", "stop")
+    assert event.evidence["died"] is False and "no step since" in event.message
+    # A tick before the stall's confirmed limit (30 s after the last step at t=20).
+    assert t_of(event) == 20 + w.confirm_s - w.sample_interval_s
+    assert not run.of("stall")  # the OOM comes first and names the cause
+    for t in range(50, 60):  # the stall would have come next
+        run.tick(t, progress=progress, procs=training_tree(root_cpu=0.0, workers=0))
+    assert run.of("stall")
+
+
+def test_oom_before_the_first_step_waits_stall_min_s() -> None:
+    w = WatchdogSpec()
+    run = Run([OomDetector(w)], watchdog=w)
+    for t in range(0, 200):
+        run.tick(t, progress=Progress(source="log"), logs=[OOM_LINE] if t == 5 else [])
+    event = only(run.events)
+    assert event.severity == "critical" and t_of(event) == 5 + w.stall_min_s
+
+
+def test_oom_without_step_progress_is_a_warning_the_stall_detector_judges() -> None:
+    w = WatchdogSpec()
+    run = Run([OomDetector(w)], watchdog=w)
+    for t in range(0, 60):
+        run.tick(t, logs=[OOM_LINE] if t == 5 else [])
+    event = only(run.events)
+    assert (event.severity, event.action) == ("warning", "none")
+    assert t_of(event) == 5 + w.confirm_s and event.evidence["handled"] is None
 
 
 def test_host_oom_kill_needs_ram_near_full() -> None:

@@ -158,6 +158,13 @@ def test_dataloader_worker_deadlock_is_a_stall_with_stacks_then_a_restart(run_ro
     assert text.count("BlockingDataset.__getitem__") == 2
     users = set(dump.evidence["user_frames"].values())
     assert any(u.startswith("BlockingDataset.__getitem__ (dataloader_deadlock.py:") for u in users)
+    # The line a person reads first names the frame that blocks: in a worker, not the
+    # main thread's wait on the workers' queue.
+    assert "blocked in BlockingDataset.__getitem__ (dataloader_deadlock.py:" in dump.message
+    assert "_PollLikeSelector" not in dump.message.split("; waited for by")[0], dump.message
+    blocking = dump.evidence["blocking"]
+    assert blocking["pid"] != run.events[0].evidence["pid"]  # a worker, not the main process
+    assert blocking["waiter_pid"] == run.events[0].evidence["pid"]
     assert "step 32" in run.out and run.out.rstrip().endswith("done")
 
 
@@ -221,6 +228,50 @@ def test_restart_resumes_from_the_newest_complete_checkpoint_and_finishes(run_ro
     )
 
 
+# --------------------------------------------------------------------------- tqdm
+
+
+def test_freeze_behind_a_tqdm_bar_is_confirmed_as_fast_as_with_the_harness(
+    run_root: Path, tmp_path: Path
+) -> None:
+    """Default thresholds, a real tqdm bar (monitor thread on), progress read from the log.
+
+    The harness-reported freeze is confirmed ~32 s after its onset (bench_agent.py);
+    a bar must not delay it (it did to 60-120 s: the last redraw was held back until
+    tqdm's monitor refreshed the bar 10-20 s later, and taught a 10-20 s interval).
+    """
+    onset = tmp_path / "onset"
+    job = JobSpec(
+        name="tqdmjob",
+        command=["python", "train.py"],
+        progress={"pattern": r"(?P<step>\d+)/\d+ \["},
+        resources={"gpus": 0},
+    )
+    freeze_at = 100  # 5 s of steps at 20 it/s
+    argv = [
+        sys.executable, str(SCRIPTS / "tqdm_loop.py"), "--step-s", "0.05",
+        "--freeze-at", str(freeze_at), "--onset-file", str(onset),
+    ]  # fmt: skip
+    run = supervise(
+        run_root,
+        argv,
+        job=job,
+        watchdog=WatchdogSpec(),
+        gpu_source=no_gpus(),
+        restart=RestartPolicy(max_restarts=0),
+    )
+    stall = run.one("stall", "critical")
+    latency = stall.time - float(onset.read_text())
+    assert stall.evidence["progress"] == "log" and stall.evidence["confirmed_by"] == ["cpu_flat"]
+    assert stall.evidence["step"] == freeze_at, dict(stall.evidence)
+    assert stall.evidence["longest_interval_s"] < 2.0, dict(stall.evidence)
+    # confirm_s is 30 s; ~32 s with the harness. 60-120 s before the fix.
+    assert latency <= 40.0, (latency, dict(stall.evidence))
+    assert (run.result.exit_code, run.result.state) == (EXIT_STOPPED, "stopped")
+    log = (run.run_dir / "logs" / "attempt-0.log").read_bytes()
+    assert f"{freeze_at}/1000 [".encode() in log  # the file has the bar's last state too
+
+
 # --------------------------------------------------------------------------- the tree
 
 
@@ -259,16 +310,56 @@ def _oom_job(**restart: Any) -> JobSpec:
     )
 
 
-def test_oom_stops_and_is_not_restarted(run_root: Path) -> None:
+def test_oom_then_exit_ends_with_the_commands_own_code_every_time(run_root: Path) -> None:
+    # The process prints its OOM and takes a moment to exit (a CUDA context to free,
+    # workers to join), as real ones do: the agent must not race it to a kill.
     job = _oom_job()
     argv, _ = job.apply_overrides([])
-    run = supervise(run_root, argv, job=job, gpu_source=no_gpus())
+    argv = [*argv[:-1], "--oom-teardown-s", "0.5", argv[-1]]
+    codes = []
+    for i in range(5):
+        run = supervise(run_root, argv, job=job, gpu_source=no_gpus(), run_dir=run_root / f"r{i}")
+        codes.append(run.result.exit_code)
+        oom = run.one("oom", "critical")
+        assert oom.action == "stop" and oom.message.startswith("out of GPU memory")
+        assert "CUDA out of memory" in str(oom.evidence) and oom.evidence["died"] is True
+        assert "restart" not in run.kinds and run.kinds.count("started") == 1
+        assert "stack_dump" not in run.kinds  # it died by itself: nothing to dump
+        run.in_order("started", "oom", "exited", "stopped")
+        exited = run.one("exited")
+        assert exited.evidence["by_agent"] is False, exited.message
+        assert run.result.state == "stopped" and "not retried unchanged" in run.result.summary
+    assert codes == [1] * 5  # the command's own code, every time
+
+
+def test_handled_oom_is_a_warning_and_the_run_trains_on(run_root: Path) -> None:
+    argv = [sys.executable, LOOP, "--steps", "40", "--step-s", "0.05", "--handled-oom-at", "10"]
+    run = supervise(run_root, argv, gpu_source=no_gpus())
+    oom = run.one("oom")
+    assert (oom.severity, oom.action) == ("warning", "none"), oom.message
+    assert "CUDA out of memory. Tried to allocate 1.50 GiB" in oom.evidence["line"]
+    assert oom.evidence["handled"] is True and oom.evidence["steps_after"] >= 1
+    assert "trained on" in oom.message
+    assert run.kinds.count("oom") == 1 and "stopped" not in run.kinds
+    run.in_order("started", "oom", "exited", "finished")
+    assert (run.result.exit_code, run.result.state, run.result.restarts) == (0, "finished", 0)
+    assert "step 40/40" in run.out
+
+
+def test_oom_then_no_progress_is_stopped_as_an_oom_with_stacks(run_root: Path) -> None:
+    argv = [
+        sys.executable, LOOP, "--steps", "1000", "--step-s", "0.05",
+        "--handled-oom-at", "10", "--freeze-at", "10",
+    ]  # fmt: skip
+    run = supervise(run_root, argv, gpu_source=no_gpus())
     oom = run.one("oom", "critical")
-    assert oom.action == "stop" and oom.message.startswith("out of GPU memory")
-    assert "CUDA out of memory" in str(oom.evidence)
-    assert "restart" not in run.kinds and run.kinds.count("started") == 1
-    run.in_order("started", "oom", "exited", "stopped")
-    assert (run.result.exit_code, run.result.state) == (1, "stopped")
+    assert oom.action == "stop" and oom.evidence["died"] is False
+    assert oom.evidence["silence_s"] >= SPEC.confirm_s - SPEC.sample_interval_s
+    assert "no step since" in oom.message
+    run.in_order("started", "oom", "stack_dump", "exited", "stopped")
+    assert "restart" not in run.kinds  # the same configuration would fail the same way
+    assert "stall" not in run.kinds  # the OOM is the cause, found no later than the stall
+    assert (run.result.exit_code, run.result.state) == (EXIT_STOPPED, "stopped")
     assert "not retried unchanged" in run.result.summary
 
 

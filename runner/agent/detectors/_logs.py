@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from runner.agent.detectors._common import (
     LogMatch,
+    StepWatch,
+    duration,
     find_line,
     gpus_of,
     make_event,
@@ -42,24 +45,65 @@ _KILLED: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 #: Seconds of RAM history consulted when a process was SIGKILLed.
 OOM_RAM_WINDOW_S = 60.0
+#: Seconds a process that printed an OOM is given, at least, to exit by itself
+#: (freeing a CUDA context, joining DataLoader workers), where the stall limit is longer.
+OOM_EXIT_GRACE_S = 10.0
+
+
+@dataclass
+class _PendingOom:
+    """A device OOM line seen while the process lives: handled, or a failure?"""
+
+    hit: LogMatch
+    seen_at: float
+    #: ``Progress.last_step_time`` and step when the line was seen.
+    step_time: float | None
+    step: int | None
+    #: The GPUs' memory when the line was seen.
+    gpus: list[dict[str, Any]]
+    lines: int = 1
 
 
 class OomDetector:
-    """Out of memory, on the GPU or the host (kind ``oom``, critical, action ``stop``).
+    """Out of memory, on the GPU or the host (kind ``oom``).
 
     Watches the job's log for ``torch.OutOfMemoryError`` / ``CUDA out of
     memory. Tried to allocate`` / ``CUDA error: out of memory`` /
     ``CUBLAS_STATUS_ALLOC_FAILED`` and JAX's ``RESOURCE_EXHAUSTED: Out of
-    memory``; and for a host OOM kill: the kernel's ``Out of memory: Killed
-    process``, or a process of the job SIGKILLed (``DataLoader worker ... is
-    killed by signal: Killed``, bash's ``Killed``) while available RAM was
-    below twice ``1 - ram_pressure_fraction`` of total in the last 60 s.
+    memory``. Such a line is a failure only when the job does not survive it;
+    many scripts (fairseq and others) catch the error, log it, skip the batch
+    and train on. So after the line:
+
+    - the process ends with a non-zero code (its last tick, or the line is
+      seen only then): it died of it, critical, action ``stop``. The agent
+      waits for that exit rather than racing it, so the run ends with the
+      command's own exit code, every time;
+    - a step comes (a later tick's step sighting): a handled OOM, one
+      ``warning`` per attempt with the line and the steps made since, action
+      ``none`` (so does an exit with code 0);
+    - no step, the process alive, once the silence since the last step reaches
+      a confirmed stall's limit, ``max(confirm_s, stall_factor x the longest
+      recent step interval)``, less one tick (the OOM line stands in for the
+      stall's second signal, and comes a tick before it, so the OOM names the
+      cause), and at least that, or :data:`OOM_EXIT_GRACE_S` if less, after the line:
+      it stopped making progress after it, critical, action ``stop`` (the agent
+      dumps stacks and stops it: exit 3). Before the first step:
+      ``stall_min_s`` after the line (a batch-size finder backs off and starts
+      again). Without step progress (no harness, no pattern) the agent
+      cannot tell: after ``confirm_s`` alive, a warning, and the stall
+      detector's GPU and CPU signals judge a hang.
+
+    For a host OOM kill: the kernel's ``Out of memory: Killed process``, or a
+    process of the job SIGKILLed (``DataLoader worker ... is killed by signal:
+    Killed``, bash's ``Killed``) while available RAM was below twice ``1 -
+    ram_pressure_fraction`` of total in the last 60 s: critical, ``stop``. A
+    kill without RAM near full (a container's cgroup limit is invisible in the
+    host's meminfo) is a warning only.
 
     OOM is deterministic: the same configuration fails again, so the run is
     stopped, never retried unchanged (the supervisor owns the opt-in smaller
-    batch). The evidence carries the matched line and the GPUs' memory. A kill
-    without RAM near full (a container's cgroup limit is invisible in the
-    host's meminfo) is a warning only. Once per attempt.
+    batch). The evidence carries the matched line and the GPUs' memory.
+    Critical once per attempt.
     """
 
     name = "oom"
@@ -67,14 +111,22 @@ class OomDetector:
     def __init__(self, watchdog: WatchdogSpec | None = None) -> None:
         self.watchdog = watchdog if watchdog is not None else WatchdogSpec()
         self._attempt: int | None = None
+        self._ram: deque[tuple[float, float]] = deque()
+        self._new_attempt()
+
+    def _new_attempt(self) -> None:
         self._reported = False
         self._warned = False
-        self._ram: deque[tuple[float, float]] = deque()
+        self._handled_warned = False
+        self._unknown_warned = False
+        self._handled = 0
+        self._pending: _PendingOom | None = None
+        self._steps = StepWatch()
 
     def observe(self, obs: Observation) -> Sequence[Event]:
         if obs.attempt != self._attempt:
             self._attempt = obs.attempt
-            self._reported = self._warned = False
+            self._new_attempt()
         host = obs.sample.host
         if host is not None:
             total, avail = num(host.ram_total_bytes), num(host.ram_available_bytes)
@@ -82,50 +134,158 @@ class OomDetector:
                 self._ram.append((obs.now, avail / total))
         while self._ram and self._ram[0][0] < obs.now - OOM_RAM_WINDOW_S:
             self._ram.popleft()
-        if self._reported or not obs.log_lines:
+        self._steps.update(obs.progress)
+        if self._reported:
             return []
         lines = [x for x in obs.log_lines if isinstance(x, str) and not _CODE.match(x)]
-        hit = find_line(lines, _DEVICE_OOM)
+        hit = find_line(lines, _DEVICE_OOM) if lines else None
         if hit is not None:
-            self._reported = True
-            return [self._device(obs, hit)]
+            if self._pending is None:
+                p = obs.progress
+                gpus = _gpu_memory(obs)
+                self._pending = _PendingOom(hit, obs.now, num(p.last_step_time), p.step, gpus)
+            else:
+                self._pending.lines += 1
+        if self._pending is not None:
+            event = self._judge(obs, fresh=hit is not None)
+            if event is not None:
+                return [event]
+        if hit is not None or not lines:
+            return []
         kill = find_line(lines, _KILLED)
         if kill is None:
             return []
         return self._host(obs, kill)
 
-    def _device(self, obs: Observation, hit: LogMatch) -> Event:
-        jax = hit.pattern.startswith("RESOURCE_EXHAUSTED")
-        gpus = [
-            {
-                "index": g.index,
-                "name": g.name,
-                "memory_used_bytes": g.memory_used_bytes,
-                "memory_total_bytes": g.memory_total_bytes,
-            }
-            for g in gpus_of(obs.sample)
-            if not g.lost
-        ]
-        evidence: dict[str, Any] = {
+    def _judge(self, obs: Observation, *, fresh: bool) -> Event | None:
+        """The pending OOM's verdict this tick, if it has one."""
+        pending = self._pending
+        assert pending is not None
+        w = self.watchdog
+        progress = obs.progress
+        waited = obs.now - pending.seen_at
+        stepped = num(progress.last_step_time)
+        after = (
+            not fresh
+            and stepped is not None
+            and (pending.step_time is None or stepped > pending.step_time)
+        )
+        if after or (not obs.alive and obs.exit_code == 0):
+            self._pending = None
+            self._handled += 1
+            if self._handled_warned:
+                return None
+            self._handled_warned = True
+            return self._handled_event(obs, pending)
+        if not obs.alive:
+            self._pending = None
+            self._reported = True
+            return self._device(obs, pending, died=True)
+        silence = self._steps.silence(obs)
+        if progress.source == "none":
+            if waited < w.confirm_s:
+                return None
+            self._pending = None
+            if self._unknown_warned:
+                return None
+            self._unknown_warned = True
+            return self._unknown_event(obs, pending)
+        longest = self._steps.longest(progress)
+        if progress.last_step_time is None or longest is None:
+            if waited < w.stall_min_s:
+                return None
+        else:
+            # One tick before a confirmed stall would be due, so the OOM names the cause.
+            due = max(w.confirm_s, w.stall_factor * longest) - w.sample_interval_s
+            if waited < min(due, OOM_EXIT_GRACE_S) or silence < due:
+                return None
+        self._pending = None
+        self._reported = True
+        return self._device(obs, pending, died=False, silence=silence, waited=waited)
+
+    def _gpu_evidence(self, obs: Observation, pending: _PendingOom) -> dict[str, Any]:
+        hit = pending.hit
+        return {
             "where": "gpu",
-            "framework": "jax" if jax else "torch",
+            "framework": "jax" if hit.pattern.startswith("RESOURCE_EXHAUSTED") else "torch",
             "pattern": hit.pattern,
             "line": hit.line,
-            "gpus": gpus,
+            "gpus": pending.gpus or _gpu_memory(obs),
+            "oom_sightings": pending.lines,
+            "step_at_oom": pending.step,
         }
+
+    def _device(
+        self,
+        obs: Observation,
+        pending: _PendingOom,
+        *,
+        died: bool,
+        silence: float | None = None,
+        waited: float | None = None,
+    ) -> Event:
+        hit = pending.hit
+        jax = hit.pattern.startswith("RESOURCE_EXHAUSTED")
+        evidence = self._gpu_evidence(obs, pending)
+        evidence.update({"died": died, "handled": False, "exit_code": obs.exit_code})
         hint = (
             "lower the batch size or XLA_PYTHON_CLIENT_MEM_FRACTION headroom"
             if jax
             else "lower the batch size, or use gradient checkpointing / bf16"
         )
+        how = ""
+        if not died:
+            assert silence is not None and waited is not None
+            evidence.update({"silence_s": round(silence, 1), "since_oom_s": round(waited, 1)})
+            how = f", and no step since ({duration(silence)} without one, the process still alive)"
         return make_event(
             obs,
             "oom",
             "critical",
-            f"out of GPU memory ({_excerpt(hit)}): the same configuration fails the same "
-            f"way, so the run is stopped, not retried; {hint}",
+            f"out of GPU memory ({_excerpt(hit)}){how}: the same configuration fails the "
+            f"same way, so the run is stopped, not retried; {hint}",
             evidence,
             "stop",
+        )
+
+    def _handled_event(self, obs: Observation, pending: _PendingOom) -> Event:
+        evidence = self._gpu_evidence(obs, pending)
+        step = obs.progress.step
+        after = (
+            step - pending.step
+            if isinstance(step, int) and isinstance(pending.step, int) and step >= pending.step
+            else None
+        )
+        evidence.update(
+            {
+                "died": False,
+                "handled": True,
+                "steps_after": after,
+                "step": step,
+                "exit_code": obs.exit_code,
+            }
+        )
+        since = f" ({after} step{'s' if after != 1 else ''} since)" if after else ""
+        return make_event(
+            obs,
+            "oom",
+            "warning",
+            f"out of GPU memory ({_excerpt(pending.hit)}), handled: the job caught it and "
+            f"trained on{since}; skipped batches cost data, so lower the batch size if it "
+            "repeats",
+            evidence,
+        )
+
+    def _unknown_event(self, obs: Observation, pending: _PendingOom) -> Event:
+        evidence = self._gpu_evidence(obs, pending)
+        evidence.update({"died": False, "handled": None, "exit_code": None})
+        return make_event(
+            obs,
+            "oom",
+            "warning",
+            f"out of GPU memory ({_excerpt(pending.hit)}) and the process lives on; it reports "
+            "no steps, so whether it recovered cannot be told: the stall detector judges a hang",
+            evidence,
         )
 
     def _host(self, obs: Observation, kill: LogMatch) -> list[Event]:
@@ -173,6 +333,19 @@ class OomDetector:
                 evidence,
             )
         ]
+
+
+def _gpu_memory(obs: Observation) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": g.index,
+            "name": g.name,
+            "memory_used_bytes": g.memory_used_bytes,
+            "memory_total_bytes": g.memory_total_bytes,
+        }
+        for g in gpus_of(obs.sample)
+        if not g.lost
+    ]
 
 
 def _excerpt(hit: LogMatch, width: int = 120) -> str:

@@ -39,7 +39,8 @@ def fork_a_zombie() -> int:
     return pid
 
 
-def run_out_of_memory(batch: int) -> None:
+def run_out_of_memory(batch: int, teardown_s: float = 0.0) -> None:
+    """Die of an OOM: its traceback, then (``teardown_s``) the exit a CUDA process takes."""
     print("Traceback (most recent call last):", file=sys.stderr)
     print('  File "train_loop.py", line 1, in <module>', file=sys.stderr)
     print(
@@ -48,7 +49,19 @@ def run_out_of_memory(batch: int) -> None:
         file=sys.stderr,
         flush=True,
     )
+    time.sleep(teardown_s)  # freeing the CUDA context, joining DataLoader workers
     sys.exit(1)
+
+
+def skip_a_batch_out_of_memory(step: int) -> None:
+    """An OOM the script catches, logs (as fairseq does) and trains on past."""
+    print(
+        f"| WARNING: ran out of memory at step {step} with exception: CUDA out of memory. "
+        "Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 15.70 GiB of which "
+        "0.80 GiB is free.; skipping batch",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def write_state(folder: Path, mb: float) -> None:
@@ -67,6 +80,8 @@ def main() -> int:
     parser.add_argument("--onset-file", help="write the time of the freeze here")
     parser.add_argument("--zombie-at", type=int, default=0)
     parser.add_argument("--oom-above", type=int, default=0, help="OOM when the batch is larger")
+    parser.add_argument("--oom-teardown-s", type=float, default=0.0, help="exit this late")
+    parser.add_argument("--handled-oom-at", type=int, default=0, help="log a caught OOM here")
     parser.add_argument("--no-harness", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value (training.batch_size=N)")
     args = parser.parse_args()
@@ -83,7 +98,7 @@ def main() -> int:
         for step in range(1, 3):
             print(f"step {step}/{args.steps} batch {batch}", flush=True)
             time.sleep(args.step_s)
-        run_out_of_memory(batch)
+        run_out_of_memory(batch, args.oom_teardown_s)
     for step in range(start + 1, args.steps + 1):
         time.sleep(args.step_s)
         if h is not None:
@@ -93,6 +108,8 @@ def main() -> int:
             h.save_checkpoint(step, lambda d: write_state(d, args.ckpt_mb))
             h.wait_for_checkpoints()
             print(f"saved checkpoint step {step}", flush=True)
+        if go_wrong and args.handled_oom_at and step == args.handled_oom_at:
+            skip_a_batch_out_of_memory(step)
         if go_wrong and args.zombie_at and step == args.zombie_at:
             print(f"forked child {fork_a_zombie()}; never reaping it", flush=True)
         if go_wrong and args.freeze_at and step == args.freeze_at:
