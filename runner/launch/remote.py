@@ -135,7 +135,8 @@ def launch_vast(
     timings: MutableMapping[str, float] | None = None,
 ) -> RunRecord:
     """Rent (or take ``launch.instance_id``), prepare, start the agent detached; see the module
-    docstring. ``timings`` receives seconds per phase (rent, prepare, dataset, agent)."""
+    docstring. ``timings`` receives seconds per phase: rent (with ``rent_create``,
+    ``rent_boot``, ``rent_probe`` of the verified try), prepare, dataset, agent."""
     spec = JobSpec.model_validate(dict(launch.spec))
     if client is None:
         from runner.cloud.vast import VastApi
@@ -174,7 +175,8 @@ def launch_vast(
         with _sigterm_as_interrupt():
             t0 = time.monotonic()
             if on is None:
-                target, iid, dph = _rent(client, req, spec, registry, ssh, timeouts, say)
+                target, iid, dph, phases = _rent(client, req, spec, registry, ssh, timeouts, say)
+                times.update({f"rent_{k}": v for k, v in phases.items()})
             else:
                 target, dph = _take(client, on, req, registry, ssh, say)
             times["rent"] = time.monotonic() - t0
@@ -236,7 +238,7 @@ def _rent(
     ssh: Ssh,
     timeouts: Timeouts | None,
     say: Say,
-) -> tuple[SshTarget, int, float | None]:
+) -> tuple[SshTarget, int, float | None, Mapping[str, float]]:
     def progress(event: RentEvent) -> None:
         say(event.message)
 
@@ -251,7 +253,8 @@ def _rent(
         progress=progress,
         hub_url=os.environ.get("HF_ENDPOINT") or None,
     )
-    return rental.target, rental.instance.id, rental.offer.dph_total
+    phases = rental.attempts[-1].phases if rental.attempts else {}
+    return rental.target, rental.instance.id, rental.offer.dph_total, phases
 
 
 def _take(

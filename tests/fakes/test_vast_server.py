@@ -542,3 +542,28 @@ def test_close_and_cleanup_leftovers_remove_containers() -> None:
         server.close()
     assert not engine.containers.list(all=True, filters={"label": f"{LABEL}.server={server.token}"})
     engine.close()
+
+
+def test_an_instance_key_manages_its_own_instance_only(vast: VastServer, client: VastAI) -> None:
+    # "unavailable" without cancel_unavail: the instance exists (stopped), no container starts.
+    offer = vast.add_offer(scenario="unavailable")
+    other_offer = vast.add_offer(scenario="unavailable")
+    mine = client.create_instance(offer["id"], image="img", disk=10)
+    other = client.create_instance(other_offer["id"], image="img", disk=10)
+    key, iid = mine["instance_api_key"], mine["new_contract"]
+    assert key != other["instance_api_key"] and key != vast.api_key
+
+    def call(method: str, path: str, body: Any = None) -> int:
+        return requests.request(
+            method, f"{vast.url}{path}", json=body, headers={"Authorization": f"Bearer {key}"}
+        ).status_code
+
+    assert call("GET", f"/api/v0/instances/{iid}/") == 200
+    assert call("PUT", f"/api/v0/instances/{iid}/", {"state": "stopped"}) == 200
+    assert call("GET", f"/api/v0/instances/{other['new_contract']}/") == 401
+    assert call("DELETE", f"/api/v0/instances/{other['new_contract']}/") == 401
+    assert call("GET", "/api/v1/instances/") == 401
+    assert call("GET", "/api/v0/users/current/") == 401
+    assert call("DELETE", f"/api/v0/instances/{iid}/") == 200
+    assert vast.instance(iid).destroyed_at is not None
+    assert vast.instance(other["new_contract"]).destroyed_at is None
