@@ -2,7 +2,8 @@
 
     detector                 kind(s)                          severity / action
     GpuHealthDetector        xid, ecc, gpu_lost               critical/stop (DCGM FAIL), warning
-    OomDetector              oom                              critical/stop
+    OomDetector              oom                              critical/stop (died of it, or no
+                                                              step after), warning (handled)
     DiskDetector             disk_full, disk_low              critical/stop (log), critical/none,
                                                               warning/none
     NcclTimeoutDetector      nccl_timeout                     critical/restart
