@@ -7,8 +7,10 @@ runner's own source under ``src/`` (``runner/``, ``pyproject.toml``, ``README.md
 image is exactly that and a secret lying in the checkout cannot. It builds through the
 engine's low-level API with the host's network (the engines these run on may have no
 bridge), streams the ``Step N/M`` lines, and turns a failing step into one line that
-names it. Every image carries the label ``runner.context-hash``: a hash of its context,
+names it. Every image is also tagged ``runner/NAME:ctx-HASH``, a hash of its context,
 build arguments and base image, so an unchanged image can be reused without a build.
+(A tag, not a label: on a vfs engine a LABEL step copies the whole file system, over a
+minute for a torch image; a tag costs nothing.)
 
 Images (``runner/NAME:latest``; the jobs name them in ``image:``):
 
@@ -21,6 +23,7 @@ Images (``runner/NAME:latest``; the jobs name them in ``image:``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -36,7 +39,7 @@ from typing import Any
 from runner.errors import RunnerError, UsageError
 
 __all__ = [
-    "CONTEXT_HASH_LABEL",
+    "CONTEXT_TAG_PREFIX",
     "BuildResult",
     "ImageDef",
     "build_context",
@@ -52,7 +55,7 @@ __all__ = [
 
 Say = Callable[[str], None]
 
-CONTEXT_HASH_LABEL = "runner.context-hash"
+CONTEXT_TAG_PREFIX = "ctx-"
 #: What goes into an image of runner's source (``src/`` in the context).
 SOURCE_ITEMS = ("runner", "pyproject.toml", "README.md", "jobs")
 _SKIP_PARTS = frozenset({"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
@@ -318,10 +321,12 @@ def build_image(
     context_hash = hashlib.sha256(
         json.dumps([files_hash, sorted(args.items()), base_id]).encode()
     ).hexdigest()[:32]
-    existing = local_image(client, ref) if reuse else None
-    if existing is not None and existing.labels.get(CONTEXT_HASH_LABEL) == context_hash:
+    hash_tag = CONTEXT_TAG_PREFIX + context_hash
+    existing = local_image(client, f"{image.repository}:{hash_tag}") if reuse else None
+    if existing is not None:
         say(f"image {ref}: unchanged since its last build ({existing.short_id}), reused")
         image_id, reused = existing.id, True
+        client.api.tag(image_id, image.repository, tag=tag)
     else:
         say(f"building {ref} from images/{image.folder.name}" + (f" on {base}" if base else ""))
         image_id = _stream_build(
@@ -329,11 +334,11 @@ def build_image(
             context,
             ref=ref,
             args=args,
-            labels={CONTEXT_HASH_LABEL: context_hash},
             say=say,
             verbose=verbose,
         )
         reused = False
+        _retag_context(client, image.repository, image_id, hash_tag)
     seconds = time.monotonic() - started
     size = int(client.images.get(image_id).attrs.get("Size") or 0)
     if not reused:
@@ -348,7 +353,6 @@ def _stream_build(
     *,
     ref: str,
     args: Mapping[str, str],
-    labels: Mapping[str, str],
     say: Say,
     verbose: bool,
 ) -> str:
@@ -361,7 +365,6 @@ def _stream_build(
             custom_context=True,
             tag=ref,
             buildargs=dict(args),
-            labels=dict(labels),
             network_mode="host",
             rm=True,
             forcerm=True,
@@ -400,6 +403,18 @@ def _stream_build(
     if image_id is None:
         raise RunnerError(f"building {ref} ended without an image; run again with --verbose")
     return image_id
+
+
+def _retag_context(client: Any, repository: str, image_id: str, hash_tag: str) -> None:
+    """Tag the new build ``hash_tag`` and drop the context tags of older builds."""
+    client.api.tag(image_id, repository, tag=hash_tag)
+    for old in client.images.list(name=repository):
+        for ref in old.tags:
+            _, _, old_tag = ref.rpartition(":")
+            if old_tag.startswith(CONTEXT_TAG_PREFIX) and old_tag != hash_tag:
+                # Untagging frees an old build nothing else uses; one still in use stays.
+                with contextlib.suppress(Exception):
+                    client.images.remove(ref, noprune=False)
 
 
 def push_image(client: Any, ref: str, registry: str, *, say: Say) -> str:

@@ -99,7 +99,7 @@ def test_launch_docker_trains_in_the_image_under_the_agent(
     newest = latest_checkpoint(ckpt_dir)
     assert newest is not None and newest.step == 40
     for ckpt in list_checkpoints(ckpt_dir):
-        verify_checkpoint(ckpt.path)
+        assert verify_checkpoint(ckpt) == []
     kinds = [e.kind for e in read_events(run_dir)]
     assert kinds[0] == "started" and kinds[-1] == "finished"
     status = read_status(run_dir)

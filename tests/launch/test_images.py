@@ -24,7 +24,7 @@ import pytest
 
 from runner.errors import RunnerError, UsageError
 from runner.launch.images import (
-    CONTEXT_HASH_LABEL,
+    CONTEXT_TAG_PREFIX,
     build_context,
     build_image,
     image_name_for,
@@ -296,8 +296,8 @@ def test_base_and_embedded_build_and_run_the_agent(
     built_images: BuiltImages, docker_client: Any
 ) -> None:
     for tag in (built_images.base, built_images.embedded):
-        labels = docker_client.images.get(tag).labels
-        assert len(labels[CONTEXT_HASH_LABEL]) == 32
+        tags = docker_client.images.get(tag).tags
+        assert [t for t in tags if t.rpartition(":")[2].startswith(CONTEXT_TAG_PREFIX)]
     out = docker_client.containers.run(
         built_images.embedded,
         [
