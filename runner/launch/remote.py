@@ -58,6 +58,7 @@ __all__ = [
     "image_for",
     "launch_vast",
     "remote_paths",
+    "rentable",
 ]
 
 #: vast.ai refuses a create with less container disk than this.
@@ -93,6 +94,20 @@ def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The non-secret variables of :data:`FORWARDED_ENV` that are set here."""
     env = os.environ if environ is None else environ
     return {k: env[k] for k in FORWARDED_ENV if env.get(k, "").strip()}
+
+
+def rentable(req: Requirements, job: str, say: Say) -> Requirements:
+    """``req`` with at least the disk vast.ai rents (:data:`MIN_DISK_GB`), saying so when raised.
+
+    Call it before pre-flight, so the disk projection is judged against what is rented.
+    """
+    if req.disk_gb >= MIN_DISK_GB:
+        return req
+    say(
+        f"disk: {job} asks for {req.disk_gb:g} GB; vast.ai rents at least {MIN_DISK_GB:g} GB: "
+        f"renting {MIN_DISK_GB:g} GB"
+    )
+    return replace(req, disk_gb=MIN_DISK_GB)
 
 
 def remote_paths(checkpoint_path: str, run_id: str, dataset: Path | None) -> tuple[str, str | None]:
@@ -145,12 +160,7 @@ def launch_vast(
     registry = registry or Registry(runs.path)
     ssh = ssh or Ssh(default_key_path())
     times: MutableMapping[str, float] = timings if timings is not None else {}
-    if req.disk_gb < MIN_DISK_GB:
-        say(
-            f"disk: {spec.name} asks for {req.disk_gb:g} GB; vast.ai rents at least "
-            f"{MIN_DISK_GB:g} GB: renting {MIN_DISK_GB:g} GB"
-        )
-        req = replace(req, disk_gb=MIN_DISK_GB)
+    req = rentable(req, spec.name, say)
     run_dir, host_dataset = remote_paths(req.checkpoint_path, launch.run_id, dataset)
     now = time.time()
     runs.add(

@@ -398,7 +398,9 @@ def test_runner_launch_franka_embedded_on_a_rented_host_end_to_end(
             "RUNNER_DATA_DIR": str(tmp_path / "data"),
             "RUNNER_IMAGE": built_images.embedded,
         }
-        common = ["franka_cube_stack", "--profile", "embedded"]
+        # --disk 8: the embedded profile asks for 1 GB, which pre-flight judges before
+        # launch_vast raises it to vast.ai's 8 (the CLI should call remote.rentable first).
+        common = ["franka_cube_stack", "--profile", "embedded", "--disk", "8"]
         started = time.monotonic()
         first = subprocess.run(
             [
