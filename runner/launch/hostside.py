@@ -6,6 +6,10 @@ job's container (Docker), on a rented host (started detached over SSH), or here.
 resume, and runs the training command under the agent (:class:`~runner.agent.supervisor.
 Supervisor`) with the secrets it was handed (never read from, or written to, disk).
 
+Before the run: a Hub dataset (``dataset.source: hub``) with a host path in ``launch.dataset``
+is downloaded there at its pinned revision (:func:`fetch_hub_dataset`; a whole copy of that
+revision is kept and reused).
+
 Beside the run (every backend):
 
 - caps: ``launch.max_hours`` and ``launch.max_cost`` (hours since the launch x
@@ -69,6 +73,7 @@ __all__ = [
     "cap_reached",
     "decide_end",
     "end_instance",
+    "fetch_hub_dataset",
     "instance_credentials",
     "load_launch",
     "make_launch",
@@ -162,6 +167,8 @@ def start_run(
     run_dir = run_dir.resolve()
     launch, spec = load_launch(run_dir)
     os.environ.update(secrets or {})
+    if spec.dataset.source == "hub" and launch.dataset:
+        fetch_hub_dataset(spec, Path(launch.dataset), say)
     if launch.resume:
         resume_from_hub(spec, run_dir, say)
     workdir = launch.workdir or spec.workdir
@@ -183,6 +190,42 @@ def start_run(
     if end_host if end_host is not None else launch.backend == "vast":
         end_after_run(run_dir, launch, spec, say=say, on_event=on_event)
     return result
+
+
+# --------------------------------------------------------------------------- Hub dataset
+
+#: Written last into a fetched Hub dataset: which repo and revision it is a whole copy of.
+DATASET_MARKER = ".runner-dataset.json"
+
+
+def fetch_hub_dataset(spec: JobSpec, dest: Path, say: Say = lambda line: None) -> Path:
+    """The job's Hub dataset at its pinned revision, downloaded into ``dest`` (kept when a
+    whole copy of that revision is there already). Raises :class:`RunnerError` in one line."""
+    from runner.hub.client import HubClient, HubError
+
+    ds = spec.dataset
+    assert ds.repo is not None and ds.revision is not None  # the spec requires both for hub
+    want = {"repo": ds.repo, "revision": ds.revision, "repo_type": ds.repo_type}
+    marker = dest / DATASET_MARKER
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(marker.read_text(encoding="utf-8")) == want:
+            say(f"dataset: {ds.repo}@{ds.revision} is here already ({dest})")
+            return dest
+    try:
+        client = HubClient.from_env()
+        files = client.list_files(ds.repo, "", revision=ds.revision, repo_type=ds.repo_type)
+        size = sum(f.size for f in files.values())
+        say(
+            f"dataset: downloading {ds.repo}@{ds.revision} ({len(files)} files, "
+            f"{size / 1e9:.2f} GB) to {dest}"
+        )
+        client.download(ds.repo, sorted(files), dest, revision=ds.revision, repo_type=ds.repo_type)
+    except HubError as err:
+        raise RunnerError(f"cannot fetch the dataset {ds.repo}@{ds.revision}: {err}") from None
+    tmp = marker.with_name(f"{DATASET_MARKER}.tmp")
+    tmp.write_text(json.dumps(want), encoding="utf-8")
+    os.replace(tmp, marker)
+    return dest
 
 
 # --------------------------------------------------------------------------- caps

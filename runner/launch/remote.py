@@ -9,7 +9,8 @@
 2. over runner's SSH: makes the run folder on the verified checkpoint disk
    (``/workspace/runs/RUN_ID``), writes ``launch.json`` there (the dataset path is the host's
    copy), brings a local or synthetic dataset with rsync (:mod:`runner.launch.sync`; a Hub
-   dataset is the job's to fetch at its pinned revision);
+   dataset is fetched on the host by the agent, at its pinned revision, into
+   ``/workspace/datasets/REPO@REV``, where later runs on that host find it);
 3. starts the agent detached: ``runner agent start RUN_DIR --detach --secrets-stdin``, the
    secrets as JSON on SSH standard input (never argv, a file or ``/etc/environment``), with the
    non-secret environment :data:`runner.launch.hostside.FORWARDED_ENV` (the Hub endpoint, the
@@ -162,6 +163,10 @@ def launch_vast(
     times: MutableMapping[str, float] = timings if timings is not None else {}
     req = rentable(req, spec.name, say)
     run_dir, host_dataset = remote_paths(req.checkpoint_path, launch.run_id, dataset)
+    if dataset is None and spec.dataset.source == "hub" and spec.dataset.repo:
+        # The agent fetches it there at the pinned revision (kept for later runs on the host).
+        name = f"{spec.dataset.repo.replace('/', '--')}@{(spec.dataset.revision or '')[:12]}"
+        host_dataset = f"{req.checkpoint_path.rstrip('/') or '/workspace'}/datasets/{name}"
     now = time.time()
     runs.add(
         RunRecord(
@@ -218,7 +223,8 @@ def launch_vast(
                 took = f"{result.seconds:.1f} s ({rate:.1f} MB/s)"
                 say(f"dataset: synced with {result.method} in {took}")
             elif spec.dataset.source == "hub":
-                say(f"dataset: {spec.dataset.repo}@{spec.dataset.revision}: the job fetches it")
+                ds = spec.dataset
+                say(f"dataset: {ds.repo}@{ds.revision}: the agent fetches it to {host_dataset}")
             t3 = time.monotonic()
             pid = _start_agent(ssh, target, run_dir, secrets, image_for(spec))
             agent_started = True

@@ -25,6 +25,7 @@ from runner.launch.hostside import (
     cap_reached,
     decide_end,
     end_instance,
+    fetch_hub_dataset,
     instance_credentials,
     make_launch,
     read_stdin_payload,
@@ -143,6 +144,47 @@ def test_secrets_on_stdin() -> None:
         with pytest.raises(RunnerError) as err:
             read_stdin_payload(io.StringIO(bad))
         assert "--secrets-stdin" in str(err.value)
+
+
+def test_a_hub_dataset_is_fetched_at_its_pinned_revision_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.hub.client import HubClient
+    from tests.fakes.hub_server import isolate_client
+
+    isolate_client(monkeypatch, tmp_path / "hf-home")
+    with HubServer(tmp_path / "hub") as hub:
+        for key, value in hub.client_env().items():
+            monkeypatch.setenv(key, value)
+        source = tmp_path / "source"
+        (source / "episodes").mkdir(parents=True)
+        (source / "episodes" / "0.bin").write_bytes(b"x" * 1000)
+        (source / "meta.json").write_text("{}")
+        client = HubClient.from_env()
+        client.ensure_repo("runner-test/ds", repo_type="dataset")
+        client.upload_folder(
+            "runner-test/ds", source, path_in_repo="", message="v1", repo_type="dataset"
+        )
+        pinned = hub.resolve("runner-test/ds", "main", "dataset")
+        (source / "meta.json").write_text('{"moved": true}')
+        client.upload_folder(
+            "runner-test/ds", source, path_in_repo="", message="v2", repo_type="dataset"
+        )
+        spec = JobSpec.model_validate(
+            {
+                **toy_job(tmp_path / "jobs").model_dump(mode="json"),
+                "dataset": {"source": "hub", "repo": "runner-test/ds", "revision": pinned},
+            }
+        )
+        lines: list[str] = []
+        dest = fetch_hub_dataset(spec, tmp_path / "host" / "ds", lines.append)
+        assert (dest / "episodes" / "0.bin").stat().st_size == 1000
+        assert (dest / "meta.json").read_text() == "{}"  # the pinned revision, not main
+        assert lines[0].startswith(f"dataset: downloading runner-test/ds@{pinned} (")
+        gets = len(hub.requests)
+        fetch_hub_dataset(spec, dest, lines.append)
+        assert lines[-1].startswith("dataset: runner-test/ds@") and "here already" in lines[-1]
+        assert len(hub.requests) == gets
 
 
 # --------------------------------------------------------------------------- real processes
