@@ -239,8 +239,8 @@ def launch_vast(
             runs.update(launch.run_id, state="failed", summary=f"launch failed: {reason}"[:500])
         if interrupted:
             raise RemoteLaunchError(f"interrupted{tail}", exit_code=130) from None
-        if isinstance(exc, RunnerError):
-            raise type(exc)(f"{exc}{tail}", exit_code=exc.exit_code) from None
+        if isinstance(exc, RunnerError) and tail:
+            raise RemoteLaunchError(f"{exc}{tail}", exit_code=exc.exit_code) from None
         raise
     say(f"agent: running detached on instance {iid} (pid {pid}), run folder {run_dir}")
     return runs.update(launch.run_id, state="running")

@@ -366,6 +366,66 @@ def test_a_failure_after_the_rent_destroys_the_host(
     assert local.registry.instances()[0].status == "destroyed"
 
 
+@pytest.mark.slow
+def test_on_an_instance_runner_rented_verifies_it_and_never_destroys_it(
+    tmp_path: Path,
+    dev_image: str,
+    rented_env: tuple[VastServer, HubServer, Local],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runner.cloud.provision import rent
+
+    vast, hub, local = rented_env
+    vast.add_offer(fake_gpu=GPU, disk_space=200, dph_total=0.4)
+    spec = toy_job(tmp_path / "jobs", hub_repo=REPO_ID)
+    api = api_for(vast)
+    rental = rent(
+        api,
+        Requirements(disk_gb=8),
+        image=dev_image,
+        job="toy",
+        registry=local.registry,
+        ssh=local.ssh,
+        timeouts=FAST,
+    )
+    iid = rental.instance.id
+    runs = Runs(local.registry.path)
+
+    def on(disk_gb: float, lines: list[str], **fields: Any) -> Any:
+        argv, env = spec.apply_overrides(["training.steps=20", "training.step_s=0.05"])
+        launch = make_launch(
+            spec, backend="vast", argv=argv, env=env, run_id=new_run_id("toy"), **fields
+        )
+        return launch_vast(
+            launch,
+            req=Requirements.from_spec(spec, disk_gb=disk_gb),
+            dataset=None,
+            secrets={"HF_TOKEN": hub.token},
+            runs=runs,
+            say=lines.append,
+            client=api,
+            registry=local.registry,
+            ssh=local.ssh,
+        )
+
+    # The host does not fit (less disk than asked): one line, and the instance stays.
+    with pytest.raises(CloudError) as err:
+        on(150, [], instance_id=iid)
+    assert f"--on {iid}: the host does not fit the job" in str(err.value)
+    assert vast.instance(iid).destroyed_at is None
+
+    lines: list[str] = []
+    record = on(8, lines, instance_id=iid, end_policy="keep")
+    assert record.instance_id == iid and record.state == "running"
+    assert f"instance {iid} verified" in "\n".join(lines)
+    assert [i.id for i in vast.instances] == [iid]  # nothing else rented
+    events = _wait("the end", lambda: _ended_events(vast, iid, record.run_dir), 120)
+    kept = next(e for e in events if e.kind.startswith("host_"))
+    assert kept.kind == "host_kept" and "--end keep" in kept.message
+    destroy(api, iid)
+    assert vast.still_billing() == []
+
+
 # --------------------------------------------------------------------------- Done-when
 
 
