@@ -83,11 +83,12 @@ class OomDetector:
       ``none`` (so does an exit with code 0);
     - no step, the process alive, once the silence since the last step reaches
       a confirmed stall's limit, ``max(confirm_s, stall_factor x the longest
-      recent step interval)``, less one tick (the OOM line stands in for the
-      stall's second signal, and comes a tick before it, so the OOM names the
-      cause), and at least that, or :data:`OOM_EXIT_GRACE_S` if less, after the line:
-      it stopped making progress after it, critical, action ``stop`` (the agent
-      dumps stacks and stops it: exit 3). Before the first step:
+      recent step interval)`` (the OOM line stands in for the stall's second
+      signal; the stall detector waits ``confirm_s`` longer after an OOM line,
+      so the OOM names the cause), and at least that, or
+      :data:`OOM_EXIT_GRACE_S` if less, after the line: it stopped making
+      progress after it, critical, action ``stop`` (the agent dumps stacks and
+      stops it: exit 3). Before the first step:
       ``stall_min_s`` after the line (a batch-size finder backs off and starts
       again). Without step progress (no harness, no pattern) the agent
       cannot tell: after ``confirm_s`` alive, a warning, and the stall
@@ -195,8 +196,9 @@ class OomDetector:
             if waited < w.stall_min_s:
                 return None
         else:
-            # One tick before a confirmed stall would be due, so the OOM names the cause.
-            due = max(w.confirm_s, w.stall_factor * longest) - w.sample_interval_s
+            # When a confirmed stall would be due: the stall detector waits longer
+            # after an OOM line (see StallDetector), so the OOM names the cause.
+            due = max(w.confirm_s, w.stall_factor * longest)
             if waited < min(due, OOM_EXIT_GRACE_S) or silence < due:
                 return None
         self._pending = None
@@ -333,6 +335,12 @@ class OomDetector:
                 evidence,
             )
         ]
+
+
+def has_device_oom(lines: Sequence[str]) -> bool:
+    """Whether ``lines`` hold a device OOM error (not a source line quoting one)."""
+    kept = [x for x in lines if isinstance(x, str) and not _CODE.match(x)]
+    return bool(kept) and find_line(kept, _DEVICE_OOM) is not None
 
 
 def _gpu_memory(obs: Observation) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from runner.agent.detectors._common import (
     processes,
     workers,
 )
+from runner.agent.detectors._logs import has_device_oom
 from runner.agent.observe import Observation
 from runner.rundir import Event
 from runner.sampling.nvml import GpuSnapshot
@@ -57,7 +58,11 @@ class StallDetector:
       after the harness says ``done``/``failed``, the same.
 
     Past the limit: critical, action ``restart`` (the supervisor dumps stacks
-    first). Confirmed sooner, once :data:`MIN_KNOWN_INTERVALS` intervals are
+    first). After a device OOM line since the last step, both limits below
+    are ``confirm_s`` longer: the ``oom`` detector owns that silence (a job
+    that stops stepping after an OOM is stopped, not restarted into the same
+    OOM) and reports it when the confirmed limit is reached; this is the
+    backstop. Confirmed sooner, once :data:`MIN_KNOWN_INTERVALS` intervals are
     known and the silence exceeds ``stall_factor`` x the longest one and
     ``confirm_s``, when for the last ``confirm_s`` a second signal agrees:
 
@@ -98,6 +103,7 @@ class StallDetector:
         self._quiet_reasons: set[str] = set()
         self._gpu_busy_seen = False
         self._stalled_since: float | None = None
+        self._oom_since_step = False
 
     def observe(self, obs: Observation) -> Sequence[Event]:
         w = self.watchdog
@@ -106,6 +112,10 @@ class StallDetector:
             self._new_attempt()
         now = obs.now
         advanced = self._steps.update(obs.progress)
+        if advanced:
+            self._oom_since_step = False
+        if obs.log_lines and has_device_oom(obs.log_lines):
+            self._oom_since_step = True
         gpus = self._gpus.update(obs, gpus_of(obs.sample))
         self._job_gpus = gpus
         self._busy.update(gpus, w.power_collapse_fraction)
@@ -151,6 +161,9 @@ class StallDetector:
         longest = self._steps.longest(progress)
         known = self._steps.known(progress)
         learned = max(w.stall_factor * longest, w.stall_min_s) if longest else w.stall_min_s
+        # After an OOM line the oom detector answers first (see the class docstring).
+        defer = w.confirm_s if self._oom_since_step else 0.0
+        learned += defer
         stepped = progress.last_step_time is not None
         if progress.phase in AFTER_TRAINING_PHASES:
             basis, limit = "after_training", max(w.checkpoint_timeout_s, learned)
@@ -170,8 +183,8 @@ class StallDetector:
             basis == "learned"
             and longest is not None
             and known >= MIN_KNOWN_INTERVALS
-            and silence > w.stall_factor * longest
-            and silence >= w.confirm_s
+            and silence > w.stall_factor * longest + defer
+            and silence >= w.confirm_s + defer
         ):
             if tree_cores is not None and tree_cores < CPU_FLAT_CORES:
                 confirmed_by.append("cpu_flat")
