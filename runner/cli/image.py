@@ -29,6 +29,7 @@ def build(
     reuse: bool = typer.Option(
         False, "--reuse", help="Skip the build when the image's context hash is unchanged."
     ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Build every step anew."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the build's own output."),
 ) -> None:
     """Build runner/NAME:TAG from images/NAME plus runner's source, showing each step."""
@@ -41,6 +42,7 @@ def build(
         build_args=parse_build_args(build_arg or []),
         push=push,
         reuse=reuse,
+        nocache=no_cache,
         say=display.info,
         verbose=verbose,
     )

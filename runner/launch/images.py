@@ -288,6 +288,7 @@ def build_image(
     build_args: Mapping[str, str] | None = None,
     push: str | None = None,
     reuse: bool = False,
+    nocache: bool = False,
     say: Say = lambda line: None,
     verbose: bool = False,
     client: Any | None = None,
@@ -297,6 +298,7 @@ def build_image(
 
     ``base_image`` sets ``BASE_IMAGE``; ``build_args`` add to the image's own. With
     ``reuse``, an image already tagged so whose context hash matches is returned as is.
+    ``nocache`` builds every step anew (the engine's layer cache unused).
     ``push`` (a registry, e.g. ``ghcr.io/me``) tags ``REGISTRY/NAME:TAG`` and pushes it.
     Step lines go to ``say``; the build's own output only with ``verbose`` (its last lines
     are shown when a step fails). Raises :class:`RunnerError` (one line) for an unknown
@@ -334,6 +336,7 @@ def build_image(
             context,
             ref=ref,
             args=args,
+            nocache=nocache,
             say=say,
             verbose=verbose,
         )
@@ -353,6 +356,7 @@ def _stream_build(
     *,
     ref: str,
     args: Mapping[str, str],
+    nocache: bool,
     say: Say,
     verbose: bool,
 ) -> str:
@@ -369,6 +373,7 @@ def _stream_build(
             rm=True,
             forcerm=True,
             pull=False,
+            nocache=nocache,
             decode=True,
         )
         for chunk in stream:

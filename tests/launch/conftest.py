@@ -52,6 +52,7 @@ class BuiltImages:
     embedded: str
     seconds: dict[str, float]
     reused: dict[str, bool]
+    base_files_hash: str  # runner's source + images/base as they were built
 
 
 def _wheels() -> list[Path]:
@@ -117,8 +118,9 @@ def make_build_base(client: Any) -> tuple[str, bool]:
 
 def build_test_images(client: Any) -> BuiltImages:
     """The build base, then base and franka-embedded on it with ``runner``'s own builder."""
-    from runner.launch.images import build_image
+    from runner.launch.images import build_context, build_image, known_images
 
+    files_hash = build_context(known_images()["base"])[1]
     seconds: dict[str, float] = {}
     reused: dict[str, bool] = {}
     started = time.monotonic()
@@ -143,7 +145,7 @@ def build_test_images(client: Any) -> BuiltImages:
                 os.environ[key] = value
     for result, name in ((base, "base"), (embedded, "franka-embedded")):
         seconds[name], reused[name] = result.seconds, result.reused
-    return BuiltImages(build_base, base.tag, embedded.tag, seconds, reused)
+    return BuiltImages(build_base, base.tag, embedded.tag, seconds, reused, files_hash)
 
 
 @pytest.fixture(scope="session")

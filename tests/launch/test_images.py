@@ -30,10 +30,11 @@ from runner.launch.images import (
     image_name_for,
     known_images,
     parse_build_args,
+    push_image,
 )
 from runner.spec import load_all, load_job
 from tests.conftest import REPO, RUNNER_BIN
-from tests.launch.conftest import BUILD_SECRETS, EMBEDDED_ARGS, BuiltImages
+from tests.launch.conftest import BUILD_SECRETS, BuiltImages
 
 IMAGES = REPO / "images"
 KNOWN = {
@@ -303,7 +304,9 @@ def test_base_and_embedded_build_and_run_the_agent(
         [
             "sh",
             "-c",
-            "runner --version && command -v runner rsync && test -x /usr/sbin/sshd "
+            # A plain SSH session's PATH, without the image's ENV: runner is still found.
+            "env -i PATH=/usr/local/bin:/usr/bin:/bin runner --version "
+            "&& command -v rsync && test -x /usr/sbin/sshd "
             "&& python -c 'import torch, accelerate, runner.trainers.franka_wm as m; "
             "print(torch.__version__)' && env | sort | grep ^PYTHON "
             "&& (python -c 'import docker' 2>/dev/null && echo has-docker || echo no-docker)",
@@ -311,7 +314,7 @@ def test_base_and_embedded_build_and_run_the_agent(
         remove=True,
         network_mode="host",
     ).decode()
-    assert "runner 0.1.0" in out and "/usr/local/bin/runner" in out and "rsync" in out
+    assert "runner 0.1.0" in out and "/usr/bin/rsync" in out
     assert "2.13.0" in out and "no-docker" in out
     for var in ("PYTHONNOUSERSITE=1", "PYTHONIOENCODING=utf-8", "PYTHONUNBUFFERED=1"):
         assert var in out
@@ -323,14 +326,15 @@ def test_an_unchanged_image_is_reused_without_a_build(
 ) -> None:
     started = time.monotonic()
     again = build_image(
-        "franka-embedded",
-        base_image=built_images.base,
-        build_args=EMBEDDED_ARGS,
-        reuse=True,
-        client=docker_client,
+        "base", base_image=built_images.build_base, reuse=True, client=docker_client
     )
-    assert again.reused and time.monotonic() - started < 30
-    assert again.image_id == docker_client.images.get(built_images.embedded).id
+    if not again.reused and build_context(known_images()["base"])[1] != (
+        built_images.base_files_hash
+    ):
+        pytest.skip("runner's source changed while the tests ran (a shared working tree)")
+    # No build: API calls only (generous: the engine here is shared and often busy).
+    assert again.reused and time.monotonic() - started < 120
+    assert again.tag == built_images.base
 
 
 @pytest.mark.slow
@@ -418,3 +422,18 @@ def test_a_missing_base_is_one_line(docker_client: Any, tmp_path: Path) -> None:
     assert "not on this Docker engine and cannot be pulled" in str(err.value)
     assert "--base-image" in str(err.value) and "\n" not in str(err.value)
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_a_push_that_fails_is_one_line(built_images: BuiltImages, docker_client: Any) -> None:
+    seen: list[str] = []
+    target = "127.0.0.1:9/base:latest"  # the discard port: no registry answers there
+    try:
+        with pytest.raises(RunnerError) as err:
+            push_image(docker_client, built_images.base, "127.0.0.1:9", say=seen.append)
+        message = str(err.value)
+        assert message.startswith(f"pushing {target} failed: ") and "\n" not in message
+        assert "docker login" in message
+        assert seen == [f"pushing {target}"]
+    finally:
+        docker_client.images.remove(target)
