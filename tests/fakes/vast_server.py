@@ -71,9 +71,9 @@ minimum interval. The ``vastai`` client retries 429 (and 502/503/504) ``retry - 
 
 Paths answered (``{id}`` numeric; a trailing slash is optional; ``?api_key=`` works as well as the
 ``Authorization: Bearer`` header, anything else is 401). An instance's own key
-(``$CONTAINER_API_KEY`` inside it) is accepted for ``GET``/``PUT``/``DELETE /api/v0/instances/{id}/``
-of that one instance, as vast.ai lets an instance show, stop or destroy itself, and is 401 for
-everything else::
+(``$CONTAINER_API_KEY`` inside it) is accepted for ``GET``, ``PUT`` and ``DELETE
+/api/v0/instances/{id}/`` of that one instance, as vast.ai lets an instance show, stop or
+destroy itself, and is 401 for everything else::
 
     POST   /api/v0/bundles/                    search offers (JSON query; GET ?q={json} too)
     PUT    /api/v0/search/asks/                search offers ({"q": {...}}, search_offers_new)
