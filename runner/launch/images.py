@@ -216,9 +216,9 @@ def docker_client() -> Any:
     try:
         import docker
     except ImportError:
-        from runner.errors import missing_dependency
-
-        raise missing_dependency("docker", extra="dev") from None
+        raise RunnerError(
+            "the Docker SDK for Python is not installed; reinstall runner (`pip install -e .`)"
+        ) from None
     where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
         client = docker.from_env(timeout=600)
@@ -411,15 +411,19 @@ def _stream_build(
 
 
 def _retag_context(client: Any, repository: str, image_id: str, hash_tag: str) -> None:
-    """Tag the new build ``hash_tag`` and drop the context tags of older builds."""
+    """Tag the new build ``hash_tag``; drop the context tags of builds no other tag names.
+
+    Those are the builds this one (or another) replaced: without their last tag the engine
+    frees them, where they would otherwise pile up (a full copy each on vfs). A build still
+    tagged otherwise (another ``--tag``, other build arguments) keeps its context tag.
+    """
     client.api.tag(image_id, repository, tag=hash_tag)
     for old in client.images.list(name=repository):
-        for ref in old.tags:
-            _, _, old_tag = ref.rpartition(":")
-            if old_tag.startswith(CONTEXT_TAG_PREFIX) and old_tag != hash_tag:
-                # Untagging frees an old build nothing else uses; one still in use stays.
-                with contextlib.suppress(Exception):
-                    client.images.remove(ref, noprune=False)
+        tags = [ref.rpartition(":")[2] for ref in old.tags]
+        if all(t.startswith(CONTEXT_TAG_PREFIX) for t in tags) and hash_tag not in tags:
+            for t in tags:
+                with contextlib.suppress(Exception):  # in use by a container: it stays
+                    client.images.remove(f"{repository}:{t}")
 
 
 def push_image(client: Any, ref: str, registry: str, *, say: Say) -> str:
@@ -475,7 +479,7 @@ def describe_images(client: Any | None, root: Path | None = None) -> list[dict[s
                 "image": ref,
                 "jobs": jobs,
                 "built": found is not None,
-                "id": found.short_id if found is not None else None,
+                "id": found.id[7:19] if found is not None else None,
                 "size_bytes": int(found.attrs.get("Size") or 0) if found is not None else None,
                 "created": found.attrs.get("Created") if found is not None else None,
             }
