@@ -158,9 +158,8 @@ def rsync_argv(
     ]
 
 
-def _remote_has_rsync(ssh: Ssh, target: SshTarget) -> bool:
-    done = ssh.run(target, "command -v rsync >/dev/null 2>&1", timeout_s=30)
-    return done.returncode == 0
+class _NoRemoteRsync(Exception):
+    """rsync is not installed on the host (its shell answered 127)."""
 
 
 def sync_folder(
@@ -178,13 +177,16 @@ def sync_folder(
         raise SyncError(f"dataset folder {src} does not exist; pass --data PATH")
     total = folder_size(src)
     local_rsync = shutil.which("rsync")
-    use_rsync = not force_tar and local_rsync is not None and _remote_has_rsync(ssh, target)
     started = time.monotonic()
-    if use_rsync:
-        assert local_rsync is not None
-        _run_rsync(rsync_argv(src, ssh, target, dest, rsync=local_rsync), total, progress)
-        return SyncResult("rsync", total, time.monotonic() - started)
-    missing = "forced" if force_tar else "here" if local_rsync is None else "on the host"
+    missing = "forced" if force_tar else "here"
+    if not force_tar and local_rsync is not None:
+        # No separate look for the host's rsync (an SSH round trip): its absence shows as 127.
+        ssh.known_hosts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            _run_rsync(rsync_argv(src, ssh, target, dest, rsync=local_rsync), total, progress)
+            return SyncResult("rsync", total, time.monotonic() - started)
+        except _NoRemoteRsync:
+            missing = "on the host"
     say(f"dataset: rsync is missing {missing}: sending it with tar over ssh (no resume)")
     _run_tar(src, ssh, target, dest, total, progress)
     return SyncResult("tar", total, time.monotonic() - started)
@@ -218,6 +220,8 @@ def _run_rsync(
         raise
     if code != 0:
         lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+        if code == 127 or "rsync: not found" in err or "rsync: command not found" in err:
+            raise _NoRemoteRsync(err)
         last = lines[-1] if lines else f"exit code {code}"
         raise SyncError(f"rsync of the dataset failed ({last}); run the launch again to resume")
 
