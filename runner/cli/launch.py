@@ -301,9 +301,10 @@ def _launch_vast(
     from runner.launch import preflight
     from runner.launch.hostside import make_launch
     from runner.launch.local import resolve_dataset
-    from runner.launch.remote import launch_vast
+    from runner.launch.remote import launch_vast, rentable
 
     req = Requirements.from_spec(spec, disk_gb=disk, gpu_name=gpu, max_price=max_price)
+    req = rentable(req, spec.name, display.info)  # before pre-flight: judge what is rented
     dataset = None if spec.dataset.source == "hub" else resolve_dataset(spec, data, display.info)
     report = preflight.check(
         spec,

@@ -473,9 +473,9 @@ def test_runner_launch_franka_embedded_on_a_rented_host_end_to_end(
             "RUNNER_DATA_DIR": str(tmp_path / "data"),
             "RUNNER_IMAGE": built_images.embedded,
         }
-        # --disk 8: the embedded profile asks for 1 GB, which pre-flight judges before
-        # launch_vast raises it to vast.ai's 8 (the CLI should call remote.rentable first).
-        common = ["franka_cube_stack", "--profile", "embedded", "--disk", "8"]
+        # No --disk: the embedded profile asks for 1 GB, raised to vast.ai's least (8 GB)
+        # before pre-flight judges the projection against it.
+        common = ["franka_cube_stack", "--profile", "embedded"]
         started = time.monotonic()
         first = subprocess.run(
             [
@@ -499,6 +499,7 @@ def test_runner_launch_franka_embedded_on_a_rented_host_end_to_end(
         run_id = first.stdout.strip().splitlines()[-1]
         assert run_id.startswith("franka_cube_stack-")
         assert "dataset: synced with rsync" in first.stderr
+        assert "vast.ai rents at least 8 GB: renting 8 GB" in first.stderr
         assert hub.token not in first.stdout + first.stderr
         (inst,) = vast.instances
         assert took < 300
