@@ -10,7 +10,8 @@ shows it. The state here is the control side's view:
 - ``silent``: the agent's own heartbeat stopped (host or agent unreachable): never shown as
   running;
 - ``finished`` / ``failed`` / ``stopped``: what the agent said at the end;
-- ``lost``: the host is gone and no end state was ever read.
+- ``gone``: a rented host that no longer exists (it ends itself once its checkpoints are
+  confirmed on the Hub), whose end state was not read before it went.
 
 Every call opens its own short connection; writes are single statements.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,7 +35,7 @@ __all__ = ["ENDED_STATES", "SILENT_AFTER_S", "RunRecord", "Runs", "new_run_id"]
 #: The agent rewrites status.json every tick; this much silence means it is not there.
 SILENT_AFTER_S = 60.0
 #: States a run does not leave.
-ENDED_STATES = frozenset({"finished", "failed", "stopped", "lost"})
+ENDED_STATES = frozenset({"finished", "failed", "stopped", "gone"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -269,13 +270,46 @@ def judge(record: RunRecord, files: Mapping[str, Any] | None, now: float) -> dic
     return changes
 
 
-def refresh(record: RunRecord, runs: Runs | None = None) -> RunRecord:
-    """Read a live run's folder and store what it says; ended runs come back unchanged."""
+def refresh(
+    record: RunRecord,
+    runs: Runs | None = None,
+    *,
+    instance_exists: Callable[[int], bool | None] | None = None,
+) -> RunRecord:
+    """Read a live run's folder and store what it says; ended runs come back unchanged.
+
+    A rented run whose host cannot be reached is looked up on vast.ai
+    (``instance_exists``, default :func:`vast_instance_exists`): a host that no longer
+    exists makes the run ``gone``, one that does (or no answer) leaves it ``silent``.
+    """
     if not record.live or (record.state == "launching" and time.time() - record.started < 5):
         return record
     now = time.time()
-    changes = judge(record, read_run_files(record), now)
+    files = read_run_files(record)
+    changes = judge(record, files, now)
+    if files is None and record.backend == "vast" and record.instance_id is not None:
+        exists = (instance_exists or vast_instance_exists)(record.instance_id)
+        if exists is False:
+            pushed = record.last_pushed_step
+            changes.update(
+                state="gone",
+                ended=record.updated,
+                summary=f"the host is gone (instance {record.instance_id}); "
+                + (f"last pushed step {pushed}" if pushed is not None else "nothing pushed seen"),
+            )
+            if record.dph_total is not None:
+                changes["cost"] = record.cost_at(record.updated)
     changes = {k: v for k, v in changes.items() if getattr(record, k) != v}
     if not changes:
         return record
     return (runs or Runs()).update(record.run_id, **changes)
+
+
+def vast_instance_exists(instance_id: int) -> bool | None:
+    """Whether vast.ai still lists the instance; None when it cannot be asked."""
+    from runner.cloud.vast import CloudError, VastApi
+
+    try:
+        return VastApi().show_instance(instance_id) is not None
+    except CloudError:
+        return None

@@ -127,3 +127,21 @@ def test_launch_file_round_trips(tmp_path: Path) -> None:
     launch.write(tmp_path)
     assert read_launch(tmp_path) == launch
     assert read_launch(tmp_path / "missing") is None
+
+
+def test_an_unreachable_rented_run_whose_host_is_gone_has_ended(tmp_path: Path) -> None:
+    runs = Runs(tmp_path / "registry.sqlite")
+    rec = RunRecord(
+        "r3", "j", "vast", "/workspace/runs/r3", time.time() - 60, "running", time.time(),
+        instance_id=9, ssh_host="127.0.0.1", ssh_port=1, last_pushed_step=60,
+    )  # fmt: skip
+    runs.add(rec)
+    # The host still exists (or vast.ai cannot say): silent, not ended.
+    assert refresh(rec, runs, instance_exists=lambda iid: None).state == "silent"
+    asked: list[int] = []
+    gone = refresh(
+        runs.get("r3") or rec, runs, instance_exists=lambda iid: asked.append(iid) or False
+    )
+    assert asked == [9]
+    assert (gone.state, gone.live) == ("gone", False)
+    assert gone.summary == "the host is gone (instance 9); last pushed step 60"
