@@ -26,6 +26,8 @@ ENV_DEVICE = "RUNNER_DEVICE"
 ENV_DEBUG = "RUNNER_DEBUG"
 #: A testing aid: NVML replaced by a scripted or recorded trace (never on by default).
 ENV_FAKE_NVML = "RUNNER_FAKE_NVML"
+#: The image a rented host runs for a job that names none.
+ENV_IMAGE = "RUNNER_IMAGE"
 
 #: Variables a test must never inherit from the developer's shell.
 HERMETIC_ENV = (
@@ -38,6 +40,7 @@ HERMETIC_ENV = (
     ENV_DEVICE,
     ENV_DEBUG,
     ENV_FAKE_NVML,
+    ENV_IMAGE,
     "VAST_API_KEY",
     "VAST_URL",
     "XDG_STATE_HOME",
@@ -56,6 +59,7 @@ ENV_HELP = {
     ENV_RUNS_DIR: "where local runs are kept (default: ./runs)",
     ENV_DATA_DIR: "where synthetic datasets are written (default: ./data)",
     ENV_DEBUG: "1 shows the traceback of an internal error",
+    ENV_IMAGE: "image for a rented job that names none (default runner/franka-embedded:latest)",
     ENV_FAKE_NVML: "testing aid: scenario:NAME[:k=v,...], trace:FILE or no-driver instead of NVML",
     "HF_TOKEN": "Hugging Face token for pushes and pulls (never logged, never an argument)",
     "HF_ENDPOINT": "Hub endpoint (default https://huggingface.co)",

@@ -41,6 +41,7 @@ from runner.cloud.provision import RentEvent, Timeouts, destroy, is_runner_label
 from runner.cloud.registry import Registry
 from runner.cloud.ssh import Ssh, SshError, SshTarget, default_key_path, ensure_key
 from runner.cloud.vast import CloudError, VastClient
+from runner.constants import ENV_IMAGE
 from runner.errors import RunnerError
 from runner.launch.hostside import FORWARDED_ENV
 from runner.launch.runs import RunRecord, Runs
@@ -88,7 +89,7 @@ class RemoteLaunchError(RunnerError):
 def image_for(spec: JobSpec, environ: Mapping[str, str] | None = None) -> str:
     """The image the host runs: the job's own, else runner's (``$RUNNER_IMAGE``)."""
     env = os.environ if environ is None else environ
-    return spec.image or env.get("RUNNER_IMAGE", "").strip() or RUNNER_IMAGE
+    return spec.image or env.get(ENV_IMAGE, "").strip() or RUNNER_IMAGE
 
 
 def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
