@@ -40,7 +40,8 @@ def test_franka_embedded_profile_runs_on_a_plain_machine() -> None:
     base = load_job("franka_cube_stack")
     assert base.image and base.resources.gpus == 1 and local_profile(base) == "embedded"
     spec = load_job("franka_cube_stack", profile="embedded")
-    assert spec.image is None and spec.resources.gpus == 0
+    # Its own small image for --docker and rented hosts; ./train.sh runs the command here.
+    assert spec.image == "runner/franka-embedded:latest" and spec.resources.gpus == 0
     assert spec.command[:3] == ["python", "-m", "runner.trainers.franka_wm"]
     assert spec.dataset.source == "synthetic" and spec.dataset.layout == "franka"
     assert spec.checkpoints.layout == "harness"

@@ -34,7 +34,7 @@ def test_jobs_lists_every_shipped_job(capsys: pytest.CaptureFixture[str]) -> Non
 def test_show_prints_the_resolved_profile(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jobs", "show", "franka_cube_stack", "--profile", "embedded"]) == 0
     data = yaml.safe_load(capsys.readouterr().out)
-    assert data["profile"] == "embedded" and data["image"] is None
+    assert data["profile"] == "embedded" and data["image"] == "runner/franka-embedded:latest"
     assert data["dataset"]["synthetic"] == {"episodes": 16, "steps": 120, "image_size": 64}
     assert data["restart"]["max_restarts"] == 5  # a default, filled in
 
