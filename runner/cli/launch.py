@@ -273,7 +273,8 @@ def _launch_here(
     runs.update(run_id, **{**seen, "state": state, "exit_code": code, "summary": summary})
     if code != 0:
         raise RunnerError(f"{spec.name} {summary} (run {run_id}, folder {folder})", exit_code=code)
-    display.info(f"agent: {summary}")
+    if backend == "local":  # in a container the agent has said it on the container's output
+        display.info(f"agent: {summary}")
     display.success(f"run {run_id} finished; folder {folder}")
 
 
