@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,24 +227,6 @@ def _ranking_json(ranking: Ranking, limit: int) -> list[dict[str, Any]]:
 # -- runner rent ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A ``kill`` during a rental runs the same clean-up as Ctrl-C (nothing left billing)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def rent(
     disk: float | None = _DISK,
     gpu: str | None = _GPU,
@@ -296,7 +277,13 @@ def rent(
     """
     from dataclasses import replace
 
-    from runner.cloud.provision import DEFAULT_IMAGE, RentEvent, Timeouts, VolumeChoice
+    from runner.cloud.provision import (
+        DEFAULT_IMAGE,
+        RentEvent,
+        Timeouts,
+        VolumeChoice,
+        sigterm_as_interrupt,
+    )
     from runner.cloud.provision import rent as rent_host
     from runner.cloud.registry import Registry
     from runner.cloud.ssh import ensure_key
@@ -338,7 +325,7 @@ def rent(
             display.info(event.message)
 
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             rental = rent_host(
                 client,
                 req,

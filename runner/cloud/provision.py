@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -73,6 +74,7 @@ __all__ = [
     "is_runner_label",
     "make_label",
     "rent",
+    "sigterm_as_interrupt",
 ]
 
 #: Every instance runner creates carries a label starting with this; runner destroys no other.
@@ -202,6 +204,26 @@ def ensure_account_key(client: VastClient, public_key: str) -> None:
     if any(_key_body(k.public_key) == body for k in client.list_ssh_keys()):
         return
     client.add_ssh_key(public_key)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """A ``kill`` (SIGTERM) while renting raises :class:`KeyboardInterrupt`, so it runs the same
+    clean-up as Ctrl-C: nothing runner created is left billing. Off the main thread, signals
+    are left alone."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def destroy(client: VastClient, instance_id: int, *, tries: int = 3, pause_s: float = 1.0) -> None:

@@ -29,15 +29,21 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.cloud.offers import Requirements
-from runner.cloud.provision import RentEvent, Timeouts, destroy, is_runner_label, rent
+from runner.cloud.provision import (
+    RentEvent,
+    Timeouts,
+    destroy,
+    is_runner_label,
+    rent,
+    sigterm_as_interrupt,
+)
 from runner.cloud.registry import Registry
 from runner.cloud.ssh import Ssh, SshError, SshTarget, default_key_path, ensure_key
 from runner.cloud.vast import CloudError, VastClient
@@ -119,24 +125,6 @@ def remote_paths(checkpoint_path: str, run_id: str, dataset: Path | None) -> tup
     return folder, (f"{base}/datasets/{dataset.name}" if dataset is not None else None)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A ``kill`` during the launch runs the same clean-up as Ctrl-C."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def launch_vast(
     launch: Launch,
     *,
@@ -188,7 +176,7 @@ def launch_vast(
     iid: int | None = on
     agent_started = False
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             t0 = time.monotonic()
             if on is None:
                 target, iid, dph, phases = _rent(client, req, spec, registry, ssh, timeouts, say)
