@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.cloud.vast import CloudError
+from runner.errors import RunnerError
 
 __all__ = [
     "BAD_MACHINE_TTL_S",
@@ -34,6 +35,7 @@ __all__ = [
     "BadMachine",
     "InstanceRecord",
     "Registry",
+    "open_db",
     "state_dir",
 ]
 
@@ -70,6 +72,29 @@ CREATE TABLE IF NOT EXISTS vast_bad_machines (
     count INTEGER NOT NULL DEFAULT 1
 );
 """
+
+
+@contextmanager
+def open_db(
+    path: Path, schema: str | None, error: type[RunnerError], what: str
+) -> Iterator[sqlite3.Connection]:
+    """One short connection to the SQLite file at ``path`` and one transaction, committed on
+    success; ``schema`` (``CREATE ... IF NOT EXISTS``) run first. Any failure is ``error``,
+    one line naming ``what`` and the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=10.0)
+    except (OSError, sqlite3.Error) as exc:
+        raise error(f"cannot open the {what} {path}: {exc}") from None
+    with closing(conn):
+        conn.row_factory = sqlite3.Row
+        try:
+            if schema is not None:
+                conn.executescript(schema)
+            with conn:
+                yield conn
+        except sqlite3.Error as exc:
+            raise error(f"the {what} {path} failed: {exc}") from None
 
 
 def state_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -128,21 +153,9 @@ class Registry:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=10.0)
-        except (OSError, sqlite3.Error) as exc:
-            raise CloudError(f"cannot open the registry {self.path}: {exc}") from None
-        with closing(conn):
-            conn.row_factory = sqlite3.Row
-            try:
-                if not self._ready:
-                    conn.executescript(_SCHEMA)
-                    self._ready = True
-                with conn:  # one transaction, committed on success
-                    yield conn
-            except sqlite3.Error as exc:
-                raise CloudError(f"the registry {self.path} failed: {exc}") from None
+        with open_db(self.path, None if self._ready else _SCHEMA, CloudError, "registry") as db:
+            self._ready = True
+            yield db
 
     # -- instances -------------------------------------------------------------------------------
 

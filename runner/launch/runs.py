@@ -22,12 +22,12 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from runner.cloud.registry import state_dir
+from runner.cloud.registry import open_db, state_dir
 from runner.errors import RunnerError
 
 __all__ = ["ENDED_STATES", "SILENT_AFTER_S", "RunRecord", "Runs", "new_run_id"]
@@ -121,19 +121,8 @@ class Runs:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=10.0)
-        except (OSError, sqlite3.Error) as exc:
-            raise RunnerError(f"cannot open the run registry {self.path}: {exc}") from None
-        with closing(conn):
-            conn.row_factory = sqlite3.Row
-            try:
-                conn.executescript(_SCHEMA)
-                with conn:
-                    yield conn
-            except sqlite3.Error as exc:
-                raise RunnerError(f"the run registry {self.path} failed: {exc}") from None
+        with open_db(self.path, _SCHEMA, RunnerError, "run registry") as db:
+            yield db
 
     def add(self, record: RunRecord) -> None:
         values = [getattr(record, c) for c in _COLUMNS]
