@@ -285,6 +285,16 @@ class JobSpec(_Model):
                 )
         return self
 
+    def with_hub(self, repo: str) -> JobSpec:
+        """This job pushing its checkpoints to ``repo`` (its other Hub settings kept).
+
+        Raises :class:`UsageError` unless ``repo`` is ``OWNER/NAME``.
+        """
+        if not re.match(r"^[\w.-]+/[\w.-]+$", repo):
+            raise UsageError(f"--hub {repo!r}: expected a Hub repo id, OWNER/NAME")
+        hub = self.hub.model_copy(update={"repo": repo}) if self.hub else HubSpec(repo=repo)
+        return self.model_copy(update={"hub": hub})
+
     @property
     def secret_names(self) -> list[str]:
         return [s.name for s in self.secrets]

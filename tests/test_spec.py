@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import SpecError, UsageError
-from runner.spec import load_all, load_job, local_profile
+from runner.spec import HubSpec, load_all, load_job, local_profile
 
 SHIPPED = {
     "franka_cube_stack",
@@ -166,3 +166,10 @@ def test_invalid_files_do_not_hide_valid_ones(
     specs, errors = load_all()
     assert [s.name for s in specs] == ["good"]
     assert len(errors) == 1 and "bad.yaml" in str(errors[0])
+
+
+def test_with_hub_sets_the_repo_and_keeps_the_rest() -> None:
+    spec = load_job("pi0_so101").with_hub("me/pi0-run")
+    assert spec.hub is not None and spec.hub.repo == "me/pi0-run" and spec.hub.private
+    franka = load_job("franka_cube_stack")
+    assert franka.hub is None and franka.with_hub("me/wm").hub == HubSpec(repo="me/wm")

@@ -37,6 +37,13 @@ def launch(
         help="Job profile [default: --local: embedded when offered; --docker: embedded when "
         "no GPU is visible; rented: none].",
     ),
+    hub: str | None = typer.Option(
+        None,
+        "--hub",
+        metavar="OWNER/NAME",
+        help="Push the checkpoints to this Hub repo [default: the job's hub.repo, if any]; a "
+        "rented host is ended only once they are there.",
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Pull the newest pushed checkpoint first and continue from it."
     ),
@@ -94,6 +101,8 @@ def launch(
             if value is not None:
                 raise UsageError(f"{flag} is for rented hosts; drop it or drop --{backend}")
     spec, chosen_profile, why = _spec_for(job, profile, backend)
+    if hub is not None:
+        spec = spec.with_hub(hub)
     display.info(f"job: {job}" + (f" (profile {chosen_profile}: {why})" if chosen_profile else ""))
     argv, override_env = spec.apply_overrides(overrides or [])
     run_id = new_run_id(job)

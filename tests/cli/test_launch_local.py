@@ -50,6 +50,13 @@ def test_an_unknown_job_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1
 
 
+def test_a_hub_repo_that_is_no_repo_id_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["launch", "franka_cube_stack", "--local", "--hub", "not a repo"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.endswith("error: --hub 'not a repo': expected a Hub repo id, OWNER/NAME\n")
+
+
 def test_runs_with_no_runs_says_how_to_start_one(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["runs"]) == 0
     assert capsys.readouterr().err == "no runs yet: start one with `runner launch JOB`\n"
@@ -67,8 +74,10 @@ def test_launch_local_trains_under_the_agent_and_is_registered(
     )
     run_dir = tmp_path / "run"
     done = _runner(
-        ["launch", "franka_cube_stack", "--local", "--run-dir", str(run_dir), "--", *TINY], env
-    )
+        ["launch", "franka_cube_stack", "--local", "--run-dir", str(run_dir),
+         "--hub", "runner-test/franka-local", "--", *TINY],
+        env,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "job: franka_cube_stack (profile embedded: what runs on this machine)" in done.stderr
     run_id = next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("run: "))
@@ -76,10 +85,13 @@ def test_launch_local_trains_under_the_agent_and_is_registered(
     assert launch is not None
     assert (launch.run_id, launch.backend, launch.profile) == (run_id, "local", "embedded")
     assert launch.argv[-len(TINY) :] == tuple(TINY)
+    assert launch.spec["hub"]["repo"] == "runner-test/franka-local"
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     assert ckpt is not None and ckpt.step == 16 and verify_checkpoint(ckpt) == []
     kinds = [e.kind for e in read_events(run_dir)]
-    assert kinds[0] == "started" and kinds[-1] == "finished"
+    # No HF_TOKEN here: the agent says the checkpoints stay on this disk, and trains.
+    assert kinds[:2] == ["push_disabled", "started"] and kinds[-1] == "finished"
+    assert "checkpoints are not pushed to runner-test/franka-local" in done.stderr
     status = read_status(run_dir)
     assert status is not None and status.state == "finished"
 
