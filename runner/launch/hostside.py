@@ -25,6 +25,8 @@ there is none, the instance ends itself per ``launch.end_policy`` (``destroy``, 
 ``/proc/1/environ`` when an SSH session's environment lacks them), through vast.ai's REST API
 (``$VAST_URL``, forwarded at launch, default https://console.vast.ai). The user's vast.ai key
 never reaches the host. With unpushed checkpoints the host is kept, and an event says why.
+A run that failed (or that the agent stopped; not a cap) is stopped rather than destroyed
+under the default policy: its GPUs stop billing, its logs and stack dumps stay readable.
 
 Detached start (``--detach``, what ``runner launch`` runs over SSH): the agent leaves the SSH
 session for good (fork, ``setsid``, fork again: not a session leader, no controlling
@@ -57,7 +59,9 @@ from runner.rundir import (
     Event,
     EventLog,
     Launch,
+    read_events,
     read_launch,
+    read_status,
 )
 from runner.spec import JobSpec
 
@@ -381,7 +385,27 @@ def decide_end(spec: JobSpec, launch: Launch, run_dir: Path) -> EndDecision:
     )
     if launch.end_policy == "keep":
         return EndDecision("keep", f"{what}; --end keep")
+    failed = _failure_to_keep(run_dir)
+    if failed is not None and launch.end_policy == "destroy":
+        # Its logs and stack dumps are the only evidence of why it failed, and they are on
+        # this disk; a stopped instance no longer bills its GPUs.
+        return EndDecision(
+            "stop",
+            f"{what}; {failed}: stopped, not destroyed, so its logs and stack dumps can still "
+            f"be read (a stopped instance bills its disk only; `runner down "
+            f"{launch.instance_id or 'ID'}` when done)",
+        )
     return EndDecision(launch.end_policy, what)
+
+
+def _failure_to_keep(run_dir: Path) -> str | None:
+    """Why the run's evidence is worth its disk: it did not finish, and no cap stopped it."""
+    status = read_status(run_dir)
+    if status is None or status.state == "finished":
+        return None
+    if any(e.kind in ("cap_hours", "cap_cost") for e in read_events(run_dir)):
+        return None  # stopped on purpose, with a final push
+    return f"the run ended {status.state}"
 
 
 def _proc_environ(path: Path) -> dict[str, str]:

@@ -30,7 +30,15 @@ from runner.launch.hostside import (
     make_launch,
     read_stdin_payload,
 )
-from runner.rundir import PUSH_STATE_FILE, Launch, read_events, read_status
+from runner.rundir import (
+    PUSH_STATE_FILE,
+    Event,
+    EventLog,
+    Launch,
+    Status,
+    read_events,
+    read_status,
+)
 from runner.spec import JobSpec
 from tests.conftest import RUNNER_BIN
 from tests.fakes.hub_server import HubServer
@@ -278,3 +286,25 @@ def test_a_cap_stops_the_run_after_a_final_push(
         assert f"checkpoints/step_{local[-1]:09d}/state.txt" in files
         assert not [e for e in events if e.kind.startswith("host_")]  # local: no end policy
         assert token not in (run / "events.jsonl").read_text()
+
+
+def test_a_failed_run_is_stopped_not_destroyed_so_its_evidence_stays(tmp_path: Path) -> None:
+    spec = toy_job(tmp_path / "jobs", hub_repo=REPO_ID)
+    run = tmp_path / "run"
+    _checkpoints(run, [10])
+    _pushed(run, [10])
+
+    def status(state: str) -> None:
+        Status(state=state, job=spec.name, agent_pid=1, agent_time=time.time(),  # type: ignore[arg-type]
+               started=time.time(), summary=f"{state}: froze at step 12").write(run)  # fmt: skip
+
+    status("finished")
+    assert decide_end(spec, _launch(spec), run).action == "destroy"
+    status("stopped")  # the agent gave up on it (a stall past the budget, an OOM)
+    decision = decide_end(spec, _launch(spec), run)
+    assert decision.action == "stop"
+    assert "the run ended stopped: stopped, not destroyed, so its logs" in decision.reason
+    # --end keep and --end stop are the user's word; a cap is a stop on purpose.
+    assert decide_end(spec, _launch(spec, end_policy="keep"), run).action == "keep"
+    EventLog(run).append(Event("cap_cost", "warning", "--max-cost $1 reached", action="stop"))
+    assert decide_end(spec, _launch(spec), run).action == "destroy"
