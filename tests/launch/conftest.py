@@ -100,11 +100,18 @@ def make_build_base(client: Any) -> tuple[str, bool]:
         _add_file(tar, "ca-certificates.crt", CA_BUNDLE)
         for wheel in wheels:
             _add_file(tar, f"wheels/{wheel.name}", wheel)
-    buf.seek(0)
+    build_context(client, buf, BUILD_BASE, inputs)
+    return BUILD_BASE, False
+
+
+def build_context(client: Any, context: io.BytesIO, tag: str, inputs: str) -> None:
+    """Build a test-only image from a context tarball, labelled with the hash of its inputs
+    (:data:`INPUTS_LABEL`) so an unchanged one is reused; raises on a failing step."""
+    context.seek(0)
     for chunk in client.api.build(
-        fileobj=buf,
+        fileobj=context,
         custom_context=True,
-        tag=BUILD_BASE,
+        tag=tag,
         labels={INPUTS_LABEL: inputs},
         network_mode="host",
         rm=True,
@@ -112,8 +119,7 @@ def make_build_base(client: Any) -> tuple[str, bool]:
         decode=True,
     ):
         if "error" in chunk:
-            raise RuntimeError(f"building {BUILD_BASE}: {chunk['error']}")
-    return BUILD_BASE, False
+            raise RuntimeError(f"building {tag}: {chunk['error']}")
 
 
 def build_test_images(client: Any) -> BuiltImages:

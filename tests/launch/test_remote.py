@@ -37,12 +37,12 @@ from tests.cloud import FAST, GPU, Local, api_for
 from tests.conftest import REPO, RUNNER_BIN
 from tests.fakes.hub_server import HubServer
 from tests.fakes.vast_server import BASE_IMAGE, VastServer, docker_unavailable_reason
+from tests.launch.conftest import INPUTS_LABEL, build_context
 from tests.launch.toy import toy_dataset, toy_job
 
 REPO_ID = "runner-test/toy-remote"
 DEPS_IMAGE = "runner-test/launch-deps:latest"
 DEV_IMAGE = "runner-test/launch-dev:latest"
-_INPUTS = "runner.test-inputs"
 
 _DEPS_DOCKERFILE = f"""FROM {BASE_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends rsync \\
@@ -71,24 +71,12 @@ def _build(client: Any, tag: str, dockerfile: str, files: dict[str, Path], input
             tar.add(
                 str(path), arcname=name, filter=lambda t: None if "__pycache__" in t.name else t
             )
-    buf.seek(0)
-    for chunk in client.api.build(
-        fileobj=buf,
-        custom_context=True,
-        tag=tag,
-        labels={_INPUTS: inputs},
-        network_mode="host",
-        rm=True,
-        forcerm=True,
-        decode=True,
-    ):
-        if "error" in chunk:
-            raise RuntimeError(f"building {tag}: {chunk['error']}")
+    build_context(client, buf, tag, inputs)
 
 
 def _labelled(client: Any, tag: str, inputs: str) -> bool:
     try:
-        return bool(client.images.get(tag).labels.get(_INPUTS) == inputs)
+        return bool(client.images.get(tag).labels.get(INPUTS_LABEL) == inputs)
     except Exception:
         return False
 
