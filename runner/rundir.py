@@ -10,6 +10,7 @@ training process's own files), so a viewer never imports the agent::
       metrics.jsonl       one line per step, at most one per second (harness)
       events.jsonl        the agent's events, one JSON object per line (this module)
       status.json         the run's state now and the agent's heartbeat (this module)
+      samples.jsonl       the health history: GPUs, disks, step rate, metrics (this module)
       logs/attempt-N.log  the training process's output, per attempt
       stacks/             stack dumps, NNN-<event>/pid-P.txt
       push-state.json     what the pusher confirmed on the Hub
@@ -48,6 +49,7 @@ __all__ = [
     "LOGS_DIR",
     "METRICS_FILE",
     "PUSH_STATE_FILE",
+    "SAMPLES_FILE",
     "SEVERITIES",
     "STACKS_DIR",
     "STATUS_FILE",
@@ -58,17 +60,21 @@ __all__ = [
     "EventLog",
     "Launch",
     "RunState",
+    "SampleLog",
     "Severity",
     "Status",
     "attempt_log_path",
+    "parse_samples",
     "read_events",
     "read_heartbeat",
     "read_launch",
+    "read_samples",
     "read_status",
 ]
 
 EVENTS_FILE = "events.jsonl"
 STATUS_FILE = "status.json"
+SAMPLES_FILE = "samples.jsonl"
 LOGS_DIR = "logs"
 PUSH_STATE_FILE = "push-state.json"
 LAUNCH_FILE = "launch.json"
@@ -253,6 +259,52 @@ def read_status(run_dir: Path | str) -> Status | None:
         return Status.from_dict(data)
     except (TypeError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- samples.jsonl
+
+
+class SampleLog:
+    """Append-only ``samples.jsonl``: one compact health record every few seconds.
+
+    Each line is ``{"v", "time", "attempt", "state", "step", "steps_per_s",
+    "metrics", "gpus", "host"}`` (``gpus`` and ``host`` as in :class:`Status`),
+    what ``runner report`` plots after the run. One ``write()`` per line with
+    ``O_APPEND``; not fsynced (a lost last record costs a few seconds of plot).
+    """
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.path = Path(run_dir) / SAMPLES_FILE
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps({"v": EVENTS_FORMAT, **record}, separators=(",", ":"), default=str)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def parse_samples(text: str) -> list[dict[str, Any]]:
+    """The records of a ``samples.jsonl`` text, oldest first; torn lines are skipped."""
+    records = []
+    for line in text.splitlines():
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("time"), (int, float)):
+            records.append(data)
+    return records
+
+
+def read_samples(run_dir: Path | str) -> list[dict[str, Any]]:
+    """Every health record of a run folder (empty when the agent wrote none)."""
+    try:
+        text = (Path(run_dir) / SAMPLES_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return parse_samples(text)
 
 
 # --------------------------------------------------------------------------- launch.json

@@ -185,6 +185,9 @@ class WatchdogSpec(_Model):
     """
 
     sample_interval_s: float = Field(1.0, gt=0, le=60, description="agent tick")
+    history_interval_s: float = Field(
+        5.0, gt=0, le=600, description="seconds between records of samples.jsonl"
+    )
     startup_timeout_s: float = Field(900, gt=0, description="limit before the first step")
     stall_min_s: float = Field(120, gt=0, description="floor of the learned stall limit")
     stall_factor: float = Field(5.0, ge=1, description="x the longest recent step interval")

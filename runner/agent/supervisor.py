@@ -95,7 +95,7 @@ from runner.agent.restart import (
 from runner.agent.stacks import Blocking, StackDump, dump_tree, find_py_spy, new_dump_dir
 from runner.errors import RunnerError
 from runner.harness import ENV_CHECKPOINT_DIR, ENV_RUN_DIR, latest_checkpoint
-from runner.rundir import Action, Event, EventLog, RunState, Status, read_events
+from runner.rundir import Action, Event, EventLog, RunState, SampleLog, Status, read_events
 from runner.sampling.procs import redact_cmdline
 
 if TYPE_CHECKING:
@@ -402,6 +402,8 @@ class Supervisor:
         self._gpu_source_arg = gpu_source
         self._detectors_arg = detectors
         self._events = EventLog(self.run_dir)
+        self._samples = SampleLog(self.run_dir)
+        self._last_history = 0.0
         self._progress = ProgressTracker(self.run_dir, job.progress.pattern if job else None)
         layout = job.checkpoints.layout if job else "harness"
         size_gb = job.checkpoints.size_gb if job else None
@@ -1208,6 +1210,21 @@ class Supervisor:
         )
         with contextlib.suppress(OSError):
             status.write(self.run_dir)
+        now = status.agent_time
+        if final or now - self._last_history >= self.watchdog.history_interval_s:
+            self._last_history = now
+            record = {
+                "time": now,
+                "attempt": status.attempt,
+                "state": status.state,
+                "step": status.step,
+                "steps_per_s": status.steps_per_s,
+                "metrics": dict(p.metrics),
+                "gpus": [dict(g) for g in status.gpus],
+                "host": status.host,
+            }
+            with contextlib.suppress(OSError):
+                self._samples.append(record)
 
     def _rel(self, path: Path | None) -> str:
         if path is None:

@@ -9,6 +9,7 @@ exercised on its own.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from runner.agent.stacks import find_py_spy
 from runner.agent.supervisor import EXIT_BAD_HOST, EXIT_STOPPED, Supervisor, SupervisorResult
 from runner.cli import main
 from runner.errors import RunnerError
-from runner.rundir import Action, Event, read_events, read_status
+from runner.rundir import Action, Event, read_events, read_samples, read_status
 from runner.sampling.nvml import Nvml
 from runner.sampling.trace import FakeNvml, Scenario
 from runner.spec import JobSpec, RestartPolicy, WatchdogSpec
@@ -184,6 +185,31 @@ def test_progress_reaches_status(tmp_path: Path) -> None:
         result.summary
         == "finished at step 12 (exit code 0); 0 restarts used, newest checkpoint step 12"
     )
+
+
+def test_health_history_is_recorded_for_the_report(tmp_path: Path) -> None:
+    watchdog = FAST.model_copy(update={"history_interval_s": 0.3})
+    result, _, _, _ = supervise(
+        tmp_path,
+        [sys.executable, LOOP, "--steps", "30", "--step-s", "0.05", "--save-every", "10"],
+        watchdog=watchdog,
+    )
+    assert result.exit_code == 0
+    samples = read_samples(tmp_path / "run")
+    # One record per 0.3 s of a run of >= 1.5 s (not one per 0.1 s tick), plus the final one.
+    times = [s["time"] for s in samples]
+    assert len(samples) >= 4 and times == sorted(times)
+    gaps = [b - a for a, b in itertools.pairwise(times[:-1])]
+    assert min(gaps) >= 0.29, gaps
+    steps = [s["step"] for s in samples if s["step"] is not None]
+    assert steps == sorted(steps) and steps[-1] == 30
+    assert samples[-1]["state"] == "finished"  # the final record is written at the end
+    losses = [s["metrics"]["loss"] for s in samples if "loss" in s["metrics"]]
+    # The script's loss is 1/step: each record carries the loss of a step it saw.
+    assert len(losses) >= 2 and losses == sorted(losses, reverse=True)
+    assert all(abs(1 / x - round(1 / x)) < 1e-6 and round(1 / x) <= 30 for x in losses)
+    assert samples[0]["state"] == "starting" and samples[0]["step"] is None
+    assert all(s["state"] == "running" for s in samples[1:-1])
 
 
 def test_visible_gpus_only_are_watched(tmp_path: Path) -> None:
