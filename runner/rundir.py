@@ -222,10 +222,14 @@ class Status:
     last_event: Mapping[str, Any] | None = None
     gpus: tuple[Mapping[str, Any], ...] = ()  # compact per-GPU view of the last sample
     host: Mapping[str, Any] | None = None  # compact RAM/disk view of the last sample
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # the last step's metrics
+    samples_per_s: float | None = None  # steps/s x the harness's ``samples`` per step
+    data_wait: float | None = None  # recent share of step time spent waiting for data
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["gpus"] = [dict(g) for g in self.gpus]
+        data["metrics"] = dict(self.metrics)
         data["v"] = EVENTS_FORMAT
         return data
 
@@ -268,7 +272,8 @@ class SampleLog:
     """Append-only ``samples.jsonl``: one compact health record every few seconds.
 
     Each line is ``{"v", "time", "attempt", "state", "step", "steps_per_s",
-    "metrics", "gpus", "host"}`` (``gpus`` and ``host`` as in :class:`Status`),
+    "samples_per_s", "data_wait", "metrics", "gpus", "host"}`` (as in
+    :class:`Status`; ``metrics`` holds finite numbers only),
     what ``runner report`` plots after the run. One ``write()`` per line with
     ``O_APPEND``; not fsynced (a lost last record costs a few seconds of plot).
     """

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -1188,6 +1189,9 @@ class Supervisor:
         p = self._progress.progress
         ck = self._checkpoints.poll()
         sample = self._last_sample
+        rate = self._progress.steps_per_s()
+        per_step = p.metrics.get("samples")
+        waits = p.data_wait_fractions[-16:]
         status = Status(
             state=self._state,
             job=self.job.name if self.job else None,
@@ -1199,7 +1203,7 @@ class Supervisor:
             training_pid=attempt.pid if attempt and not final else None,
             step=p.step,
             last_step_time=p.last_step_time,
-            steps_per_s=self._progress.steps_per_s(),
+            steps_per_s=rate,
             phase=p.phase,
             checkpoint_step=ck.step if ck.step is not None else p.checkpoint_step,
             exit_code=exit_code,
@@ -1207,6 +1211,9 @@ class Supervisor:
             last_event=self._last_event.to_dict() if self._last_event else None,
             gpus=tuple(_gpu_brief(g) for g in sample.gpus) if sample else (),
             host=_host_brief(sample) if sample else None,
+            metrics=_finite(p.metrics),
+            samples_per_s=rate * per_step if rate and per_step and per_step > 0 else None,
+            data_wait=round(sum(waits) / len(waits), 4) if waits else None,
         )
         with contextlib.suppress(OSError):
             status.write(self.run_dir)
@@ -1219,7 +1226,9 @@ class Supervisor:
                 "state": status.state,
                 "step": status.step,
                 "steps_per_s": status.steps_per_s,
-                "metrics": dict(p.metrics),
+                "samples_per_s": status.samples_per_s,
+                "data_wait": status.data_wait,
+                "metrics": dict(status.metrics),
                 "gpus": [dict(g) for g in status.gpus],
                 "host": status.host,
             }
@@ -1356,6 +1365,15 @@ _GPU_KEYS = (
     "memory_total_bytes",
     "clock_event_mask",
 )
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics JSON can carry: finite numbers (a NaN loss is an event, not a value)."""
+    return {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def _gpu_brief(gpu: GpuSnapshotLike) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def main() -> int:
     for step in range(start + 1, args.steps + 1):
         time.sleep(args.step_s)
         if h is not None:
-            h.step(step, loss=1.0 / step, data_wait=0.001, samples=batch)
+            h.step(step, loss=1.0 / step, data_wait=0.001, samples=batch, total_steps=args.steps)
         print(f"step {step}/{args.steps} batch {batch}", flush=True)
         if args.save_every and step % args.save_every == 0 and h is not None:
             h.save_checkpoint(step, lambda d: write_state(d, args.ckpt_mb))
