@@ -52,6 +52,8 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
         ("runner.sampling", ("runner.agent", "runner.hub", "runner.cloud", "runner.cli")),
         ("runner.cloud", ("runner.agent", "runner.launch", "runner.cli")),
         ("runner.launch", ("runner.cli",)),
+        # watch, report and logs read the run folder, never the agent's memory.
+        ("runner.view", ("runner.agent", "runner.hub", "runner.cli")),
     ],
 )
 def test_layers_import_one_way(module: str, forbidden: tuple[str, ...]) -> None:
