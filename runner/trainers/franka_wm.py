@@ -694,6 +694,7 @@ def _loop(
             "data_wait": t1 - t0,
             "step_time": t2 - t0,
             "epoch": epoch,
+            "total_steps": total,  # runner watch's ETA
         }
         save = step % save_every == 0 or step == total
         if save and val_loader is not None:

@@ -6,6 +6,7 @@ layout of the real one, with random content.
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -369,6 +370,9 @@ def test_train_checkpoint_resume_and_complete(
     assert "resuming" not in out
     heartbeat = harness.read_heartbeat(run_dir)
     assert heartbeat is not None and heartbeat["step"] == 60 and heartbeat["phase"] == "done"
+    # The step metrics carry the job's last step, so runner watch can show an ETA.
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows and {r["total_steps"] for r in rows} == {60}
 
     state = torch.load(_checkpoints(run_dir)[-1].path / "state.pt", weights_only=False)
     assert state["step"] == 60 and state["config"]["training"]["batch_size"] == 8
