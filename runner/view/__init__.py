@@ -7,6 +7,26 @@ CLI; it builds rich renderables but never a console (the CLI owns the terminal).
 
 from __future__ import annotations
 
-from runner.view.source import Fetch, LocalSource, RemoteSource, RunSource, Tail, open_run
+from runner.view.source import (
+    Fetch,
+    Follower,
+    LocalSource,
+    RemoteSource,
+    RunSource,
+    Snapshot,
+    Tail,
+    Unreachable,
+    open_run,
+)
 
-__all__ = ["Fetch", "LocalSource", "RemoteSource", "RunSource", "Tail", "open_run"]
+__all__ = [
+    "Fetch",
+    "Follower",
+    "LocalSource",
+    "RemoteSource",
+    "RunSource",
+    "Snapshot",
+    "Tail",
+    "Unreachable",
+    "open_run",
+]

@@ -11,32 +11,57 @@ lines in it, not the whole folder again.
 Remote reads share one SSH connection (OpenSSH ``ControlMaster``, kept 30 s after the
 last use): a refresh is a new session on a live connection, and a dropped connection is
 simply made again by the next read. A read that cannot reach the host raises
-:class:`runner.cloud.ssh.SshError`; the caller shows "reconnecting" and tries again.
+:class:`Unreachable`; the caller shows "reconnecting" and tries again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError
-from runner.rundir import EVENTS_FILE, LAUNCH_FILE, LOGS_DIR, STATUS_FILE
+from runner.rundir import (
+    EVENTS_FILE,
+    LAUNCH_FILE,
+    LOGS_DIR,
+    PUSH_STATE_FILE,
+    SAMPLES_FILE,
+    STATUS_FILE,
+    Event,
+    parse_samples,
+)
 
 if TYPE_CHECKING:
     from runner.cloud.ssh import Ssh, SshTarget
     from runner.launch.runs import RunRecord
 
-__all__ = ["Fetch", "LocalSource", "RemoteSource", "RunSource", "Tail", "open_run"]
+__all__ = [
+    "Fetch",
+    "Follower",
+    "LocalSource",
+    "RemoteSource",
+    "RunSource",
+    "Snapshot",
+    "Tail",
+    "Unreachable",
+    "open_run",
+]
 
 _SEP = b"\x1e"  # record separator: never in JSON text, which escapes control characters
 _RUN_FILES = (STATUS_FILE, EVENTS_FILE, LAUNCH_FILE)
+
+
+class Unreachable(RunnerError):
+    """The run folder's host did not answer (SSH failed); worth trying again."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +102,8 @@ class RunSource:
         """Read ``whole`` files entirely and each of ``tails`` from its offset.
 
         A negative offset ``-K`` reads the last ``K`` bytes (from the first whole line in
-        them), for a first look at a long file. Raises ``SshError`` for an unreachable host.
+        them), for a first look at a long file. Raises :class:`Unreachable` when the host
+        does not answer.
         """
         raise NotImplementedError
 
@@ -258,8 +284,6 @@ def _ssh_bytes(
 ) -> bytes | None:
     """Run ``argv`` (ssh and its command); stdout as bytes (logs need not be UTF-8), None
     for exit 66 (no run folder there)."""
-    from runner.cloud.ssh import SshError, SshUnreachableError
-
     ssh.known_hosts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         done = subprocess.run(
@@ -270,14 +294,14 @@ def _ssh_bytes(
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise SshUnreachableError(f"ssh {target}: no answer within {timeout_s:g} s") from None
+        raise Unreachable(f"ssh {target}: no answer within {timeout_s:g} s") from None
     if done.returncode == 255:
         said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise SshUnreachableError(f"ssh {target}: {said[-1] if said else 'connection failed'}")
+        raise Unreachable(f"ssh {target}: {said[-1] if said else 'connection failed'}")
     if done.returncode == 66:
         return None
     if done.returncode != 0:
-        raise SshError(f"ssh {target}: reading the run folder failed (exit {done.returncode})")
+        raise Unreachable(f"ssh {target}: reading the run folder failed (exit {done.returncode})")
     return done.stdout
 
 
@@ -297,7 +321,10 @@ def open_run(ref: str | None) -> RunSource:
         return LocalSource(path.resolve())
     from runner.launch.runs import Runs
 
-    record = Runs().find(ref)
+    runs = Runs()
+    if ref is not None and not runs.all():
+        raise RunnerError(f"no run {ref!r}: no runs yet, and no run folder of that name here")
+    record = runs.find(ref)
     if record.backend == "vast":
         return RemoteSource(record)
     path = Path(record.run_dir)
@@ -308,3 +335,128 @@ def open_run(ref: str | None) -> RunSource:
 
 def _looks_like_path(ref: str) -> bool:
     return "/" in ref or ref.startswith(("~", ".")) or Path(ref).is_dir()
+
+
+# --------------------------------------------------------------------------- following
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a :class:`Follower` knows of a run after its latest poll (parsed JSON)."""
+
+    status: Mapping[str, Any] | None
+    launch: Mapping[str, Any] | None
+    push: Mapping[str, Any] | None
+    events: tuple[Event, ...]
+    """Every event so far, oldest first."""
+    new_events: tuple[tuple[Event, str], ...]
+    """The events this poll added, each with its JSON line as written."""
+    samples: tuple[Mapping[str, Any], ...]
+    """The newest health records (at most ``history`` of them), oldest first."""
+    attempts: tuple[int, ...]
+    error: str | None
+    """Why the last poll could not read the folder (SSH), or None."""
+    error_since: float | None
+    """When reads started failing (this machine's clock), or None."""
+    heartbeat_at: float | None
+    """When the agent's heartbeat last moved, on this machine's clock, or None."""
+
+
+class Follower:
+    """Polls a run folder: one :meth:`RunSource.fetch` per :meth:`poll`, only new bytes of
+    the append-only files. A failed read keeps what was known and says since when reads
+    fail; the next poll simply tries again.
+
+    The agent's heartbeat is judged on this machine's clock: the time at which a new
+    ``agent_time`` was first seen (the first one is taken at its word, clamped to now),
+    so a host whose clock is off does not look dead or alive by its skew.
+    """
+
+    #: The first look at samples.jsonl reads only its end: enough for the sparklines.
+    FIRST_SAMPLES_BYTES = 256 * 1024
+
+    def __init__(self, source: RunSource, *, history: int = 120) -> None:
+        self.source = source
+        self.history = history
+        self._events: list[Event] = []
+        self._samples: list[Mapping[str, Any]] = []
+        self._offsets: dict[str, int] = {EVENTS_FILE: 0, SAMPLES_FILE: -self.FIRST_SAMPLES_BYTES}
+        self._pending: dict[str, bytes] = {EVENTS_FILE: b"", SAMPLES_FILE: b""}
+        self._status: Mapping[str, Any] | None = None
+        self._launch: Mapping[str, Any] | None = None
+        self._push: Mapping[str, Any] | None = None
+        self._attempts: tuple[int, ...] = ()
+        self._error_since: float | None = None
+        self._agent_time: float | None = None
+        self._heartbeat_at: float | None = None
+
+    def poll(self, now: float | None = None) -> Snapshot:
+        """Read what changed. Raises :class:`RunnerError` only for a folder that is not
+        there at all; unreachable hosts are reported in the snapshot."""
+        now = time.time() if now is None else now
+        whole = [STATUS_FILE, PUSH_STATE_FILE] + ([] if self._launch else [LAUNCH_FILE])
+        new: list[tuple[Event, str]] = []
+        error = None
+        try:
+            fetch = self.source.fetch(whole, dict(self._offsets))
+        except Unreachable as exc:
+            error = str(exc)
+            self._error_since = self._error_since or now
+        else:
+            self._error_since = None
+            self._attempts = fetch.attempts
+            self._status = _json(fetch.texts.get(STATUS_FILE)) or self._status
+            self._push = _json(fetch.texts.get(PUSH_STATE_FILE)) or self._push
+            self._launch = self._launch or _json(fetch.texts.get(LAUNCH_FILE))
+            for line in self._lines(EVENTS_FILE, fetch.tails.get(EVENTS_FILE)):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    event = Event.from_json(line)
+                    self._events.append(event)
+                    new.append((event, line))
+            self._samples.extend(
+                parse_samples("\n".join(self._lines(SAMPLES_FILE, fetch.tails.get(SAMPLES_FILE))))
+            )
+            del self._samples[: -self.history]
+            agent_time = (self._status or {}).get("agent_time")
+            if isinstance(agent_time, (int, float)) and agent_time != self._agent_time:
+                first = self._agent_time is None
+                self._agent_time = float(agent_time)
+                self._heartbeat_at = min(now, float(agent_time)) if first else now
+        return Snapshot(
+            status=self._status,
+            launch=self._launch,
+            push=self._push,
+            events=tuple(self._events),
+            new_events=tuple(new),
+            samples=tuple(self._samples),
+            attempts=self._attempts,
+            error=error,
+            error_since=self._error_since,
+            heartbeat_at=self._heartbeat_at,
+        )
+
+    def _lines(self, name: str, tail: Tail | None) -> list[str]:
+        """The whole lines a tail completes; a torn last line waits for the next poll."""
+        if tail is None:
+            return []
+        if tail.start < max(0, self._offsets[name]):  # the file was replaced: start over
+            self._pending[name] = b""
+            if name == EVENTS_FILE:
+                self._events.clear()
+            else:
+                self._samples.clear()
+        self._offsets[name] = tail.end
+        data = self._pending[name] + tail.data
+        cut = data.rfind(b"\n") + 1
+        self._pending[name] = data[cut:]
+        return [ln for ln in data[:cut].decode("utf-8", "replace").splitlines() if ln.strip()]
+
+
+def _json(text: str | None) -> Mapping[str, Any] | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None  # a file caught mid-write; the last good one stands
+    return data if isinstance(data, dict) else None
