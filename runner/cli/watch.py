@@ -7,6 +7,7 @@ Both end with the run's end code (0 finished, the agent's code otherwise) once i
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,9 @@ def _frame(
     board = build(
         snap, label=source.label, now=time.time(), quiet_after_s=quiet_after, remote=source.remote
     )
-    frame = render(board, width=display.out.width, height=display.out.height)
+    # NO_COLOR: rich drops the colours; the dashboard drops bold and dim too.
+    plain = bool(os.environ.get("NO_COLOR"))
+    frame = render(board, width=display.out.width, height=display.out.height, plain=plain)
     code = end_code(dict(snap.status)) if snap.status and board.ended else None
     if snap.status is None and snap.error is not None:
         from runner.errors import RunnerError

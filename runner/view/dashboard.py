@@ -144,9 +144,9 @@ def build(
     launch = snap.launch or {}
     quiet_s = quiet_after(launch) if quiet_after_s is None else quiet_after_s
     state = _str(status.get("state"))
-    metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
+    metrics = _metrics(status, snap.samples)
     step = _int(status.get("step"))
-    total = _int((metrics or {}).get("total_steps"))
+    total = _int(metrics.get("total_steps"))
     rate = _float(status.get("steps_per_s"))
     liveness, line = _liveness(snap, status, state, now, quiet_s)
     eta = None
@@ -176,7 +176,7 @@ def build(
         samples_per_s=_float(status.get("samples_per_s")),
         data_wait=_float(status.get("data_wait")),
         eta_s=eta,
-        loss=_float((metrics or {}).get("loss")),
+        loss=_float(metrics.get("loss")),
         checkpoint_step=_int(status.get("checkpoint_step")),
         pushed_step=pushed_step,
         pushed_time=pushed_time,
@@ -188,6 +188,15 @@ def build(
         events=tuple(events[-events_shown:]) if events_shown > 0 else (),
         remote=remote,
     )
+
+
+def _metrics(status: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The last step's metrics; an ended attempt's status has none, so the newest sample's."""
+    for source in (status, *reversed(samples)):
+        metrics = source.get("metrics")
+        if isinstance(metrics, dict) and metrics:
+            return metrics
+    return {}
 
 
 def _liveness(
@@ -336,9 +345,9 @@ def sparkline(values: Sequence[float | None], top: float | None, width: int) -> 
     return "".join(out)
 
 
-def render(board: Dashboard, *, width: int = 80, height: int = 24) -> Table:
+def render(board: Dashboard, *, width: int = 80, height: int = 24, plain: bool = False) -> Table:
     """The dashboard as rich renderables, every line at most ``width`` cells; events fill
-    what is left of ``height``."""
+    what is left of ``height``. ``plain`` drops every style (bold too: ``NO_COLOR``)."""
     lines: list[Any] = []
     lines.append(_header(board))
     lines.append(_progress(board))
@@ -357,8 +366,22 @@ def render(board: Dashboard, *, width: int = 80, height: int = 24) -> Table:
     frame = Table.grid(padding=0)  # one line per row (rich's Group lives in rich.console)
     frame.add_column(no_wrap=True, overflow="ellipsis", max_width=width)
     for line in lines:
+        if plain:
+            _unstyle(line)
         frame.add_row(line)
     return frame
+
+
+def _unstyle(item: Any) -> None:
+    if isinstance(item, Text):
+        item.style = ""
+        item.spans = []
+    elif isinstance(item, Table):
+        item.header_style = ""
+        for column in item.columns:
+            column.header_style = ""
+            for cell in column._cells:
+                _unstyle(cell)
 
 
 def _header(board: Dashboard) -> Text:
