@@ -356,7 +356,7 @@ def render(board: Dashboard, *, width: int = 80, height: int = 24, plain: bool =
         lines.append(_gpu_table(board, width))
     used = 3 + (len(board.gpus) + 1 if board.gpus else 0)
     for event in board.warnings:
-        lines.append(_line(f"! {event.kind}: {event.message}", _style(event)))
+        lines.append(_line(f"! {_clock(event.time)} {event.kind}: {event.message}", _style(event)))
         used += 1
     room = max(2, height - used - 2)
     if board.events:
@@ -413,14 +413,14 @@ def _progress(board: Dashboard) -> Text:
         parts.append("step -")
     if board.steps_per_s is not None:
         parts.append(f"{board.steps_per_s:.2f} steps/s")
+    if board.eta_s is not None:
+        parts.append(f"ETA {_duration(board.eta_s)}")
     if board.samples_per_s is not None:
         parts.append(f"{_si(board.samples_per_s)} samples/s")
     if board.data_wait is not None:
         parts.append(f"data wait {board.data_wait * 100:.0f}%")
     if board.loss is not None:
         parts.append(f"loss {board.loss:.4g}")
-    if board.eta_s is not None:
-        parts.append(f"ETA {_duration(board.eta_s)}")
     return _line("  ".join(parts))
 
 
@@ -506,10 +506,15 @@ def _evidence(event: Event) -> str:
         return f"stack dump: {where}" if where else ""
     if event.kind == "finished" and ev.get("stacks"):
         return f"stacks: {', '.join(str(s) for s in ev['stacks'])}"
+    first = ("step", "checkpoint_step", "exit_code", "signal", "after", "gpu", "index")
+    keys = [k for k in first if k in ev] + sorted(k for k in ev if k not in first)
     bits = []
-    for key in ("step", "checkpoint_step", "exit_code", "signal", "after", "gpu", "index"):
-        value = ev.get(key)
-        if value is not None and value != "":
+    for key in keys:
+        value = ev[key]
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        scalar = isinstance(value, (int, str)) and not isinstance(value, bool)
+        if scalar and value != "" and len(str(value)) <= 24:
             bits.append(f"{key}={value}")
     return " ".join(bits[:4])
 

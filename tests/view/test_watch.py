@@ -337,7 +337,8 @@ def test_eight_gpus_fit_80x24() -> None:
     assert "data wait 25%" in text and "pushed 200 (1m40s ago)" in text
     assert "disk 40.0 GB free, full in 6m40s" in text and "cost $0.56" in text
     assert "pwr-cap" in text and sum(1 for ln in lines if re.match(r" +\d +650/700W", ln)) == 8
-    assert "! thermal: GPU 11 at 89 C" in text
+    assert re.search(r"^! \d\d:\d\d:\d\d thermal: GPU 11 at 89 C *$", text, re.M), text
+    assert "gpu=11" in text  # its evidence
 
 
 def test_sparkline_scales_to_the_limit() -> None:
