@@ -349,12 +349,13 @@ def render(board: Dashboard, *, width: int = 80, height: int = 24, plain: bool =
     """The dashboard as rich renderables, every line at most ``width`` cells; events fill
     what is left of ``height``. ``plain`` drops every style (bold too: ``NO_COLOR``)."""
     lines: list[Any] = []
-    lines.append(_header(board))
+    lines.extend(_header(board))
     lines.append(_progress(board))
     lines.append(_resources(board))
     if board.gpus:
         lines.append(_gpu_table(board, width))
-    used = 3 + (len(board.gpus) + 1 if board.gpus else 0)
+    folded = sum(len(t.plain) // max(1, width) for t in lines if isinstance(t, Text))
+    used = len(lines) + folded + (len(board.gpus) if board.gpus else 0)
     for event in board.warnings:
         lines.append(_line(f"! {_clock(event.time)} {event.kind}: {event.message}", _style(event)))
         used += 1
@@ -384,24 +385,24 @@ def _unstyle(item: Any) -> None:
                 _unstyle(cell)
 
 
-def _header(board: Dashboard) -> Text:
+def _header(board: Dashboard) -> list[Text]:
+    """The run and its state; a second line, on its own so 80 columns never cut it, when
+    the picture is not simply live or ended (unreachable, reconnecting, quiet, waiting)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(board.label, style="bold")
     if board.attempt is not None:
         text.append(f"  attempt {board.attempt}")
     if board.restarts:
         text.append(f", {board.restarts} restart{'s' if board.restarts != 1 else ''}")
-    style = {
-        "live": "green",
-        "ended": "green" if board.exit_code in (0, None) and board.state == "finished" else "red",
-        "quiet": "yellow",
-        "waiting": "yellow",
-        "reconnecting": "yellow",
-        "unreachable": "bold red",
-    }[board.liveness]
+    good = board.liveness != "ended" or (board.exit_code in (0, None) and board.state == "finished")
     text.append("  ")
-    text.append(board.liveness_line, style=style)
-    return text
+    if board.liveness in ("live", "ended"):
+        text.append(board.liveness_line, style="green" if good else "bold red")
+        return [text]
+    if board.state:
+        text.append(board.state)
+    style = "bold red" if board.liveness == "unreachable" else "yellow"
+    return [text, Text(board.liveness_line, style=style, no_wrap=True, overflow="fold")]
 
 
 def _progress(board: Dashboard) -> Text:

@@ -542,30 +542,35 @@ def test_watch_and_logs_a_rented_run_over_real_ssh(
         for n in (0, 1)
     )
     assert logs.stdout == local
-    # a host that stops answering: --json says so on stderr and keeps trying
-    container.exec_run(["sh", "-c", f'sed -i \'s/"finished"/"running"/\' {remote_dir}/status.json'])
+
+    # a host that stops answering: the live view says "reconnecting", --json says so on
+    # stderr, and both carry on once sshd is back, until the run ends
+    def sh(line: str) -> None:
+        assert container.exec_run(["sh", "-c", line]).exit_code == 0, line
+
+    sh(f'sed -i \'s/"finished"/"running"/\' {remote_dir}/status.json')
+    live = terminal("watch", run_id, "--interval", "0.2", "--quiet-after", "100000")
     follow = subprocess.Popen(
         [str(RUNNER_BIN), "watch", run_id, "--json", "--interval", "0.2"],
         env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(1.5)
-        container.exec_run(["sh", "-c", "pkill sshd"])
-        time.sleep(2.0)
-        container.exec_run(["sh", "-c", f"/usr/sbin/sshd -p {port} -o ListenAddress=127.0.0.1"])
-        time.sleep(1.0)
-        container.exec_run(
-            [
-                "sh",
-                "-c",
-                f'sed -i \'s/"state":"running"/"state":"finished"/\' {remote_dir}/status.json',
-            ]
-        )
-        out, err = follow.communicate(timeout=20)
+        live.wait_for(lambda s: f"{run_id}  attempt 1, 1 restart  running" in s, timeout=15)
+        sh("pkill sshd")
+        down = live.wait_for(lambda s: "reconnecting (since" in s, timeout=10)
+        assert "ssh root@127.0.0.1:" in down and "step 40/40" in down  # what was known stays
+        sh(f"/usr/sbin/sshd -p {port} -o ListenAddress=127.0.0.1")
+        live.wait_for(lambda s: "reconnecting" not in s and "running" in s, timeout=10)
+        sh(f'sed -i \'s/"state":"running"/"state":"finished"/\' {remote_dir}/status.json')
+        assert live.exit_code(timeout=15) == 0
+        out, err = follow.communicate(timeout=15)
     finally:
         follow.kill()
+    assert "finished (exit 0)" in live.text
     assert follow.returncode == 0, err
-    assert [json.loads(ln)["kind"] for ln in out.splitlines()] == [
-        e.kind for e in _events(recorded_run)
-    ]
+    kinds = [json.loads(ln)["kind"] for ln in out.splitlines()]
+    assert kinds == [e.kind for e in _events(recorded_run)]
     assert "warning: reconnecting: ssh root@127.0.0.1:" in err
+    followed = _runner("logs", run_id, "-f", "--attempt", "1", env=subprocess_env)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout == (recorded_run / "logs/attempt-1.log").read_text()
