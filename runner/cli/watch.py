@@ -16,7 +16,7 @@ import typer
 from runner.cli._app import app as display
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from rich.containers import Renderables
 
     from runner.view.source import Follower, RunSource
 
@@ -66,7 +66,7 @@ def watch(
 
 def _frame(
     source: RunSource, follower: Follower, quiet_after: float | None
-) -> tuple[Table, bool, int]:
+) -> tuple[Renderables, bool, int]:
     from runner.view.dashboard import build, render
     from runner.view.logs import end_code
 

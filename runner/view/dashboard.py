@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rich.containers import Renderables
 from rich.table import Table
 from rich.text import Text
 
@@ -50,6 +51,8 @@ _THROTTLE_SHORT = {
     "DisplayClockSetting": "disp-clk",
 }
 _DUMPS = frozenset({"stack_dump", "finished", "stopped"})
+#: Samples kept for a sparkline: more than 80 columns can show.
+_HISTORY = 64
 _BARS = "▁▂▃▄▅▆▇█"
 
 
@@ -293,7 +296,7 @@ def _disk(status: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> Di
 def _gpus(status: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> tuple[GpuRow, ...]:
     current = status.get("gpus") or (samples[-1].get("gpus") if samples else None) or []
     history: dict[int, tuple[list[float | None], list[float | None]]] = {}
-    for s in samples:
+    for s in samples[-_HISTORY:]:
         for g in s.get("gpus") or ():
             if isinstance(g, dict) and isinstance(g.get("index"), int):
                 power, util = history.setdefault(g["index"], ([], []))
@@ -345,7 +348,9 @@ def sparkline(values: Sequence[float | None], top: float | None, width: int) -> 
     return "".join(out)
 
 
-def render(board: Dashboard, *, width: int = 80, height: int = 24, plain: bool = False) -> Table:
+def render(
+    board: Dashboard, *, width: int = 80, height: int = 24, plain: bool = False
+) -> Renderables:
     """The dashboard as rich renderables, every line at most ``width`` cells; events fill
     what is left of ``height``. ``plain`` drops every style (bold too: ``NO_COLOR``)."""
     lines: list[Any] = []
@@ -364,13 +369,11 @@ def render(board: Dashboard, *, width: int = 80, height: int = 24, plain: bool =
         lines.append(Text("events", style="bold"))
         shown = _event_lines(board, room - 1)
         lines.extend(shown)
-    frame = Table.grid(padding=0)  # one line per row (rich's Group lives in rich.console)
-    frame.add_column(no_wrap=True, overflow="ellipsis", max_width=width)
-    for line in lines:
-        if plain:
+    if plain:
+        for line in lines:
             _unstyle(line)
-        frame.add_row(line)
-    return frame
+    # rich's Group lives in rich.console; Renderables is the same without measuring
+    return Renderables(lines)
 
 
 def _unstyle(item: Any) -> None:
