@@ -63,6 +63,8 @@ ENV_HELP = {
     ENV_FAKE_NVML: "testing aid: scenario:NAME[:k=v,...], trace:FILE or no-driver instead of NVML",
     "HF_TOKEN": "Hugging Face token for pushes and pulls (never logged, never an argument)",
     "HF_ENDPOINT": "Hub endpoint (default https://huggingface.co)",
+    "WANDB_API_KEY": "W&B key for a job's mirror (wandb.enabled) and runner wandb-sync "
+    "(never logged, never an argument)",
     "VAST_API_KEY": "vast.ai API key (else the vastai CLI's key file); never leaves this machine",
     "VAST_URL": "vast.ai API endpoint (default https://console.vast.ai)",
 }

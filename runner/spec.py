@@ -206,6 +206,39 @@ class WatchdogSpec(_Model):
     stack_dumps: bool = Field(True, description="dump every stack before acting on a stall")
 
 
+#: Where the W&B mirror reads its API key (online mode): a secret, never a job-file value.
+WANDB_KEY_ENV = "WANDB_API_KEY"
+
+
+class WandbSpec(_Model):
+    """Mirroring of the run's health, step rate and events into Weights & Biases.
+
+    The agent runs the mirror in a process of its own (:mod:`runner.agent.mirror`)
+    that tails the run folder, so a slow or absent network never stalls training
+    or the agent. Online, the key is the secret ``WANDB_API_KEY`` from the
+    environment (added to the job's secrets as optional when enabled); offline,
+    the run is written to ``RUN_DIR/wandb/`` for ``runner wandb-sync RUN`` later.
+    """
+
+    enabled: bool = Field(False, description="mirror this job's runs into W&B")
+    project: str | None = Field(None, description="W&B project (default: the job's name)")
+    entity: str | None = Field(None, description="W&B team or user (default: the key's own)")
+    mode: Literal["online", "offline"] = Field(
+        "online", description="offline writes RUN_DIR/wandb/ for `runner wandb-sync` later"
+    )
+    name: str | None = Field(None, description="W&B run name (default: the run id)")
+    flush_s: float = Field(
+        60, gt=0, description="seconds the agent waits at the end for the mirror to upload"
+    )
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _w_and_b_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[\w.-]+$", value):
+            raise ValueError("letters, digits, '_', '-' and '.' only")
+        return value
+
+
 class SecretRef(_Model):
     """A secret the job reads from its environment, by name only."""
 
@@ -243,6 +276,7 @@ class JobSpec(_Model):
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
+    wandb: WandbSpec = Field(default_factory=WandbSpec)
     on_end: Literal["destroy", "stop", "keep"] = Field(
         "destroy",
         description="a rented host once the run ended and its checkpoints are on the Hub "
@@ -287,6 +321,27 @@ class JobSpec(_Model):
                     "environment at launch)"
                 )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wandb_key_is_a_secret(cls, data: Any) -> Any:
+        # Online mirroring needs the key on the host: name it, so launch hands it
+        # over (optional: without it the run goes on unmirrored, with a warning).
+        if not isinstance(data, dict):
+            return data
+        wandb = data.get("wandb")
+        if isinstance(wandb, WandbSpec):
+            wandb = wandb.model_dump()
+        if not isinstance(wandb, dict) or not wandb.get("enabled"):
+            return data
+        if wandb.get("mode", "online") != "online":
+            return data
+        secrets = list(data.get("secrets") or [])
+        named = {s if isinstance(s, str) else getattr(s, "name", None) for s in secrets}
+        named |= {s.get("name") for s in secrets if isinstance(s, dict)}
+        if WANDB_KEY_ENV not in named:
+            secrets.append({"name": WANDB_KEY_ENV, "required": False, "purpose": "W&B mirror"})
+        return {**data, "secrets": secrets}
 
     def with_hub(self, repo: str) -> JobSpec:
         """This job pushing its checkpoints to ``repo`` (its other Hub settings kept).

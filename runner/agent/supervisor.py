@@ -429,6 +429,7 @@ class Supervisor:
         self.push_flush_s = push_flush_s
         self._pusher: Pusher | None = None
         self._making_space: threading.Thread | None = None
+        self._mirror: subprocess.Popen[bytes] | None = None
 
     # -- set-up ------------------------------------------------------------------
 
@@ -516,6 +517,7 @@ class Supervisor:
         self._pusher = self._make_pusher()
         if self._pusher is not None:
             self._pusher.start()
+        self._start_mirror()
         ended_cleanly = False
         try:
             with self._signals():
@@ -553,6 +555,7 @@ class Supervisor:
         finally:
             close_gpus()
             self._close_pusher(flush=ended_cleanly)
+            self._stop_mirror()
 
     # -- checkpoints to the Hub --------------------------------------------------
 
@@ -615,6 +618,47 @@ class Supervisor:
                     "warning",
                     f"some checkpoints were not pushed within {self.push_flush_s:.0f} s; "
                     "they are on this disk: `runner push` them before this host goes",
+                )
+            )
+
+    # -- the W&B mirror ----------------------------------------------------------
+
+    def _start_mirror(self) -> None:
+        """The job's W&B mirror (:mod:`runner.agent.mirror`), in a process of its own."""
+        spec = self.job.wandb if self.job else None
+        if self.job is None or spec is None or not spec.enabled:
+            return
+        from runner.agent.mirror import start_mirror
+
+        try:
+            self._mirror = start_mirror(self.run_dir, spec, job=self.job.name, env=self.env)
+        except OSError as exc:
+            message = f"W&B mirror not started: {exc.strerror or exc}; the run goes on unmirrored"
+            self._emit(Event("wandb_error", "warning", message))
+
+    def _stop_mirror(self) -> None:
+        """Tell the mirror the run is over (its stdin closes: a last read, then it
+        finishes), and wait ``wandb.flush_s`` for it to upload; its failure never
+        changes the run's end."""
+        proc, self._mirror = self._mirror, None
+        if proc is None or self.job is None:
+            return
+        flush_s = self.job.wandb.flush_s
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=flush_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            self._emit(
+                Event(
+                    "wandb_error",
+                    "warning",
+                    f"the W&B mirror did not finish within {flush_s:.0f} s (network?) and was "
+                    "killed: W&B may lack the run's last minutes; the run folder has them all",
                 )
             )
 
