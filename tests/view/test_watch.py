@@ -574,3 +574,31 @@ def test_watch_and_logs_a_rented_run_over_real_ssh(
     followed = _runner("logs", run_id, "-f", "--attempt", "1", env=subprocess_env)
     assert followed.returncode == 0, followed.stderr
     assert followed.stdout == (recorded_run / "logs/attempt-1.log").read_text()
+
+
+def test_no_ref_is_the_newest_run_and_the_viewer_never_loads_torch_or_the_agent(
+    recorded_run: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    older = tmp_path / "older"
+    shutil.copytree(recorded_run, older)
+    now = time.time()
+    for run_id, folder, started in (("loop-a", older, now - 60), ("loop-b", recorded_run, now)):
+        Runs().add(
+            RunRecord(
+                run_id=run_id, job="loop", backend="local", run_dir=str(folder),
+                started=started, state="finished", updated=now,
+            )
+        )  # fmt: skip
+    probe = (
+        "import sys\nfrom runner.cli import main\n"
+        "code = main(['watch', '--once'])\n"
+        "loaded = [m for m in sys.modules if m == 'torch' or m.startswith(('runner.agent', "
+        "'runner.hub'))]\n"
+        "print('LOADED', loaded, code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("loop-b  attempt 1")
+    assert done.stdout.splitlines()[-1] == "LOADED [] 0"
