@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,12 @@ class RunSource:
     def close(self) -> None:
         """Let go of any connection (a no-op for a local folder)."""
 
+    def __enter__(self) -> RunSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class LocalSource(RunSource):
     """A run folder on this machine."""
@@ -202,6 +209,8 @@ class RemoteSource(RunSource):
         self.target = SshTarget(record.ssh_host, record.ssh_port, name=f"vast-{record.instance_id}")
         self.ssh = ssh or Ssh(default_key_path(), connect_timeout_s=8)
         self._control = Path(tempfile.mkdtemp(prefix="runner-ssh-"))
+        # a caller that never closes still leaves no folder behind
+        weakref.finalize(self, shutil.rmtree, self._control, True)
 
     def fetch(self, whole: Sequence[str] = (), tails: Mapping[str, int] | None = None) -> Fetch:
         tails = dict(tails or {})

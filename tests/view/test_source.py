@@ -83,7 +83,10 @@ def test_refs_resolve_through_the_registry_or_a_path(tmp_path: Path) -> None:
     runs.update("vast-20260101-000002-cccc", ssh_host="127.0.0.1", ssh_port=2222)
     remote = open_run("v")
     assert isinstance(remote, RemoteSource) and remote.remote and remote.where == "/root/runs/x"
-    remote.close()
+    control = remote._control
+    with remote:
+        assert control.is_dir()
+    assert not control.exists()
     by_path = open_run(str(run))
     assert not by_path.remote and by_path.read("status.json") == "{}"
     with pytest.raises(RunnerError, match="is not a run folder"):
