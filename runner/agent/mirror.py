@@ -380,8 +380,10 @@ def _init(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict[str, Any]]
 
 
 def _until_eof(stop: threading.Event) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        while sys.stdin.buffer.read(4096):
+    # The raw descriptor, not sys.stdin: a daemon thread blocked in a buffered
+    # read would abort the interpreter's shutdown after a SIGTERM.
+    with contextlib.suppress(OSError):
+        while os.read(0, 4096):
             pass
     stop.set()
 

@@ -353,3 +353,32 @@ def test_the_spec_names_the_key_as_a_secret_only_when_online() -> None:
         parse_job({"command": "x", "wandb": {"projct": "p"}}, path=Path("j.yaml"))
     with pytest.raises(SpecError, match=r"wandb\.mode: Input should be 'online' or 'offline'"):
         parse_job({"command": "x", "wandb": {"mode": "on"}}, path=Path("j.yaml"))
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_mirror_after_a_last_read(tmp_path: Path) -> None:
+    from runner.rundir import SampleLog, Status
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    now = time.time()
+    Status("running", "loop", 1, now, now - 5).write(run_dir)
+    SampleLog(run_dir).append({"time": now - 1, "attempt": 0, "step": 4, "metrics": {"loss": 0.25}})
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(WANDB_DIR=str(run_dir), WANDB_SILENT="true")
+    argv = mirror_argv(run_dir, WandbSpec(enabled=True, mode="offline"), job="loop")
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (run_dir / STATE_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        SampleLog(run_dir).append({"time": now, "attempt": 0, "step": 5, "metrics": {"loss": 0.2}})
+        proc.terminate()  # the run is not over: only the signal ends it
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+    rows = read_wandb_file(the_wandb_file(run_dir)).rows
+    assert [(r["train/step"], r["train/loss"]) for r in rows if "train/step" in r] == [
+        (4, 0.25),
+        (5, 0.2),
+    ]
