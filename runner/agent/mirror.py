@@ -28,7 +28,11 @@ without duplicating a row. It ends after a last read: started by the agent
 ended and its last pushes are written, and the kernel does when the agent dies,
 so no race with the mirror's start-up and no orphan); on SIGTERM; or, started
 by hand, once ``status.json`` is final. A failure of its own is one ``wandb_error`` warning in
-``events.jsonl`` and exit 1. The API key (``WANDB_API_KEY``) comes from the
+``events.jsonl`` (the agent's events file: appends of one line never interleave)
+and exit 1; except a ``wandb.init`` that fails (no network at the start): it is
+reported once and tried again, waiting 30 s, then twice as long each time (at
+most 5 min), until the run ends, with a ``wandb_connected`` event if it then
+connects. The API key (``WANDB_API_KEY``) comes from the
 environment only: never an argument, never in an event (messages are redacted),
 and not even in the process's environment in offline mode.
 """
@@ -379,6 +383,38 @@ def _init(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict[str, Any]]
     return run, {"ERROR": AlertLevel.ERROR, "WARN": AlertLevel.WARN}
 
 
+def _connect(
+    args: argparse.Namespace, run_dir: Path, stop: threading.Event
+) -> tuple[Any, dict[str, Any]] | None:
+    """``wandb.init``, tried again (the wait doubling, at most 5 min) until the run is
+    over: a network down at the start costs the rows until it is back, not the run's
+    mirror. The first failure is reported, once; None when it never connected."""
+    delay, failed = args.retry_s, False
+    while True:
+        try:
+            connected = _init(args, run_dir)
+        except ImportError:
+            _report(run_dir, "W&B mirror off: wandb is not installed here (pip install wandb)")
+            return None
+        except Exception as exc:
+            if not failed:
+                _report(
+                    run_dir,
+                    f"W&B mirror waiting: wandb.init failed: {type(exc).__name__}: {exc}"[:300]
+                    + f"; trying again from {delay:.0f} s on until the run ends "
+                    "(the run folder keeps everything)",
+                )
+                failed = True
+        else:
+            if failed:
+                with contextlib.suppress(OSError):
+                    EventLog(run_dir).append(Event("wandb_connected", "info", "W&B mirror on"))
+            return connected
+        if stop.wait(delay) or (not args.agent and _is_final(run_dir)):
+            return None
+        delay = min(delay * 2, 300.0)
+
+
 def _until_eof(stop: threading.Event) -> None:
     # The raw descriptor, not sys.stdin: a daemon thread blocked in a buffered
     # read would abort the interpreter's shutdown after a SIGTERM.
@@ -401,6 +437,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--agent", action="store_true", help="started by the agent: end when stdin closes"
     )
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between reads")
+    parser.add_argument(
+        "--retry-s", type=float, default=30.0, help="first wait after a failed wandb.init"
+    )
     return parser.parse_args(argv)
 
 
@@ -420,14 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "before the launch, or set wandb.mode: offline and `runner wandb-sync` later)",
         )
         return 1
-    try:
-        run, levels = _init(args, run_dir)
-    except ImportError:
-        _report(run_dir, "W&B mirror off: wandb is not installed here (pip install wandb)")
+    connected = _connect(args, run_dir, stop)
+    if connected is None:
         return 1
-    except Exception as exc:
-        _report(run_dir, f"W&B mirror off: wandb.init failed: {type(exc).__name__}: {exc}")
-        return 1
+    run, levels = connected
     try:
         mirror = _Mirror(run_dir, run, levels)
         final_seen = False

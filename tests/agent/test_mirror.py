@@ -314,6 +314,33 @@ def test_online_without_a_key_is_one_warning_and_the_run_finishes(tmp_path: Path
     assert offline_runs(tmp_path / "run") == []
 
 
+@pytest.mark.slow
+def test_no_network_online_is_one_warning_without_the_key_and_the_run_finishes(
+    tmp_path: Path,
+) -> None:
+    job = JobSpec(
+        name="loop",
+        command=["python", str(LOOP)],
+        watchdog=WATCHDOG,
+        wandb=WandbSpec(enabled=True, mode="online", project="runner-tests", flush_s=30),
+    )
+    # Port 9 (discard) is closed here: wandb.init fails as it does with no network.
+    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "2"}
+    argv = [sys.executable, str(LOOP), "--steps", "30", "--step-s", "0.1"]
+    run_dir = tmp_path / "run"
+    result = supervise(run_dir, argv, job, env=env, gpu_source=NoGpus())
+    assert (result.exit_code, result.state) == (0, "finished")
+    errors = [e for e in read_events(run_dir) if e.kind.startswith("wandb")]
+    assert [(e.kind, e.severity) for e in errors] == [("wandb_error", "warning")]
+    message = errors[0].message
+    assert message.startswith("W&B mirror waiting: wandb.init failed: CommError: "), message
+    assert message.endswith(
+        "; trying again from 30 s on until the run ends (the run folder keeps everything)"
+    )
+    leaks = [p for p in run_dir.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert leaks == []
+
+
 def test_sample_rows_keep_finite_numbers_only() -> None:
     record = {
         "time": 110.0,
