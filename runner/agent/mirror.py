@@ -282,6 +282,7 @@ class _Mirror:
         """Mirror every new complete line; returns how many."""
         assert self.state.t0 is not None
         t0 = self.state.t0
+        before = (self.state.samples, self.state.events)
         lines, self.state.samples = _new_lines(self.run_dir / SAMPLES_FILE, self.state.samples)
         done = 0
         for line in lines:
@@ -301,7 +302,7 @@ class _Mirror:
                 title, text, level = alert
                 self.run.alert(title=title, text=text, level=self.levels[level])
             done += 1
-        if lines or done:
+        if (self.state.samples, self.state.events) != before:
             with contextlib.suppress(OSError):
                 self.state.save(self.run_dir)
         return done
