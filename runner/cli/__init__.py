@@ -23,6 +23,7 @@ from runner.cli import hub as hub_cmd
 from runner.cli import image as image_cmd
 from runner.cli import jobs as jobs_cmd
 from runner.cli import launch as launch_cmd
+from runner.cli import report as report_cmd
 from runner.cli import train as train_cmd
 from runner.cli import wandb as wandb_cmd
 from runner.cli import watch as watch_cmd
@@ -58,6 +59,7 @@ app.command("launch", epilog=cloud_cmd.ENV_HELP)(launch_cmd.launch)
 app.command("runs")(launch_cmd.runs)
 app.command("watch")(watch_cmd.watch)
 app.command("logs")(watch_cmd.logs)
+app.command("report")(report_cmd.report)
 app.command("wandb-sync")(wandb_cmd.wandb_sync)
 app.add_typer(image_cmd.app, name="image")
 app.command("ps", epilog=cloud_cmd.ENV_HELP)(cloud_cmd.ps)
