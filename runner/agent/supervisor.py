@@ -1233,7 +1233,7 @@ class Supervisor:
         p = self._progress.progress
         ck = self._checkpoints.poll()
         sample = self._last_sample
-        rate = self._progress.steps_per_s()
+        rate = _current_rate(self._progress.steps_per_s(), p.last_step_time, time.time())
         per_step = p.metrics.get("samples")
         waits = p.data_wait_fractions[-16:]
         status = Status(
@@ -1409,6 +1409,17 @@ _GPU_KEYS = (
     "memory_total_bytes",
     "clock_event_mask",
 )
+
+
+def _current_rate(rate: float | None, last_step: float | None, now: float) -> float | None:
+    """The step rate as of ``now``: the recent rate, unless the silence since the last
+    step says it is lower (a frozen run reads 1/silence, falling to 0, not its old rate)."""
+    if rate is None or last_step is None:
+        return rate
+    silence = now - last_step
+    if rate > 0 and silence > 2.0 / rate:
+        return 1.0 / silence
+    return rate
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:

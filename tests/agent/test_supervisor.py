@@ -663,3 +663,16 @@ def test_attempt_log_rotates_and_splits_lines(tmp_path: Path) -> None:
     assert len(current) <= 100 and len(older) <= 100
     assert current.endswith(b"no newline at the end\n")
     assert json.dumps(lines)  # plain strings
+
+
+def test_the_step_rate_shown_falls_while_no_step_comes() -> None:
+    from runner.agent.supervisor import _current_rate
+
+    # 20 steps/s, last step 0.05 s ago: the rate stands (a normal gap between steps).
+    assert _current_rate(20.0, 100.0, 100.05) == 20.0
+    # Frozen for 4 s: at most one step in 4 s, not the old 20 steps/s; and it keeps falling.
+    assert _current_rate(20.0, 100.0, 104.0) == pytest.approx(0.25)
+    assert _current_rate(20.0, 100.0, 200.0) == pytest.approx(0.01)
+    # A slow job (one step per 10 s) mid-step keeps its rate.
+    assert _current_rate(0.1, 100.0, 115.0) == 0.1
+    assert _current_rate(None, 100.0, 200.0) is None
