@@ -28,6 +28,7 @@ import contextlib
 import faulthandler
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -341,13 +342,25 @@ def read_heartbeat(run_dir: Path | str) -> dict[str, Any] | None:
     return None
 
 
+#: Metrics whose first non-finite value the harness remembers (``nonfinite`` in
+#: the heartbeat): the agent reads one heartbeat a tick and could miss that step.
+NONFINITE_METRICS = ("loss", "grad_norm")
+
+
 def _jsonable(value: Any) -> Any:
+    """A JSON-ready value; a NaN or infinite float becomes ``"nan"``/``"inf"``/``"-inf"``.
+
+    ``json.dumps`` would write bare ``NaN``/``Infinity``, which strict JSON
+    readers (jq, JavaScript, W&B's) reject.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     item = getattr(value, "item", None)  # torch / numpy scalars
     if callable(item):
         with contextlib.suppress(Exception):
-            return item()
+            return _jsonable(item())
     return str(value)
 
 
@@ -384,6 +397,8 @@ class Harness:
         self._last_step_time: float | None = None
         self._last_metrics_time = 0.0
         self._last_saved: int | None = None
+        self._last_finite: dict[str, int] = {}
+        self._nonfinite: dict[str, dict[str, Any]] = {}
         self._committer: ThreadPoolExecutor | None = None
         self._pending: Future[Path] | None = None
         self._beat_lock = threading.Lock()
@@ -429,6 +444,8 @@ class Harness:
             "checkpoint_step": self._last_saved,
             "metrics": {k: _jsonable(v) for k, v in metrics.items()},
         }
+        if self._nonfinite:
+            record["nonfinite"] = self._nonfinite
         data = json.dumps(record, separators=(",", ":")).encode()
         if len(data) >= HEARTBEAT_SIZE:
             record["metrics"] = {}
@@ -438,10 +455,15 @@ class Harness:
     def step(self, step: int, **metrics: Any) -> None:
         """Report one finished optimizer step, with any metrics worth keeping.
 
-        Conventional names the agent understands: ``loss``, ``samples`` (in this
-        step), ``data_wait`` (seconds spent waiting for the batch), ``step_time``.
+        Conventional names the agent understands: ``loss``, ``grad_norm``,
+        ``samples`` (in this step), ``data_wait`` (seconds spent waiting for the
+        batch), ``step_time``. For ``loss`` and ``grad_norm`` the first step whose
+        value was NaN or infinite, and the last finite step before it, are kept
+        and written into every later heartbeat as ``nonfinite``
+        (``{"loss": {"first": 57, "last_good": 56, "value": "nan"}}``).
         """
         now = time.time()
+        self._track_nonfinite(step, metrics)
         if "step_time" not in metrics and self._last_step_time is not None:
             metrics["step_time"] = now - self._last_step_time
         self._last_step_time = now
@@ -456,6 +478,20 @@ class Harness:
             line = {"step": step, "time": now, **{k: _jsonable(v) for k, v in metrics.items()}}
             self._metrics.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._metrics.flush()
+
+    def _track_nonfinite(self, step: int, metrics: Mapping[str, Any]) -> None:
+        for name in NONFINITE_METRICS:
+            if name not in metrics or name in self._nonfinite:
+                continue
+            value = _jsonable(metrics[name])
+            if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+                self._nonfinite[name] = {
+                    "first": step,
+                    "last_good": self._last_finite.get(name),
+                    "value": value,
+                }
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._last_finite[name] = step
 
     @contextlib.contextmanager
     def checkpointing(self, step: int | None = None) -> Iterator[None]:
