@@ -203,6 +203,17 @@ class WatchdogSpec(_Model):
     disk_critical_factor: float = Field(1.0, gt=0, description="free < this x checkpoint size")
     shm_min_gb: float = Field(1.0, ge=0, description="/dev/shm below this with workers")
     ram_pressure_fraction: float = Field(0.95, gt=0, le=1, description="RAM used fraction")
+    explosion_factor: float = Field(
+        10.0, gt=1, description="loss / grad_norm above this x the median of recent values"
+    )
+    explosion_window: int = Field(50, ge=3, description="recent finite values in the median")
+    explosion_warmup: int = Field(20, ge=1, description="values seen before explosions count")
+    explosion_hold_steps: int = Field(3, ge=1, description="seen steps the value stays high")
+    grad_norm_max: float | None = Field(100.0, gt=0, description="absolute grad_norm limit")
+    throughput_drop_fraction: float = Field(
+        0.3, gt=0, lt=1, description="steps/s below this x the run's steady rate"
+    )
+    throughput_window_s: float = Field(60, gt=0, description="slow for this long")
     stack_dumps: bool = Field(True, description="dump every stack before acting on a stall")
 
 

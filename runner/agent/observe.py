@@ -28,7 +28,10 @@ class Progress:
     steps at once counts as one interval per step). ``phase`` comes from the
     harness (startup, train, checkpoint, done) and is None for log-parsed
     progress. ``data_wait_fractions`` are recent data_wait / step_time values
-    reported by the harness, newest last.
+    reported by the harness, newest last. ``metrics`` hold finite values only;
+    ``nonfinite`` names each of ``loss`` / ``grad_norm`` seen NaN or infinite in
+    this attempt: ``{"first": step, "last_good": step or None, "value": "nan"}``
+    (from the harness's heartbeat, or the progress pattern's named groups).
     """
 
     source: Literal["harness", "log", "none"] = "none"
@@ -39,6 +42,7 @@ class Progress:
     metrics: Mapping[str, float] = field(default_factory=dict)
     data_wait_fractions: tuple[float, ...] = ()
     checkpoint_step: int | None = None
+    nonfinite: Mapping[str, Mapping[str, int | str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

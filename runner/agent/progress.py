@@ -11,7 +11,10 @@ Two sources, one :class:`~runner.agent.observe.Progress`:
   expression with a named group ``step`` (and optionally ``epoch``) searched in
   every line. Lines are split on carriage returns too, so each redraw of a
   tqdm bar is a line, handed on as soon as it is written
-  (:class:`runner.agent.logs.LineSplitter`).
+  (:class:`runner.agent.logs.LineSplitter`). Named groups ``loss`` and
+  ``grad_norm``, when the pattern has them, are read as floats (``nan`` and
+  ``inf`` accepted) into the metrics, and the first non-finite one into
+  ``Progress.nonfinite`` as the harness reports it.
 
 A line that repeats the step already seen is no step (tqdm's monitor thread
 redraws a bar that has been still for 10 s: after a freeze, that redraw must
@@ -91,6 +94,8 @@ class ProgressTracker:
         self._fractions: deque[float] = deque(maxlen=self.history)
         self._metrics: dict[str, float] = {}
         self._checkpoint_step: int | None = None
+        self._nonfinite: dict[str, dict[str, int | str | None]] = {}
+        self._finite_steps: dict[str, int] = {}
         self._made: int | None = None
         self._sightings: deque[tuple[float, int]] = deque(maxlen=_SIGHTINGS)
         self._unrecorded = 0
@@ -110,6 +115,7 @@ class ProgressTracker:
             metrics=dict(self._metrics),
             data_wait_fractions=tuple(self._fractions),
             checkpoint_step=self._checkpoint_step,
+            nonfinite={k: dict(v) for k, v in self._nonfinite.items()},
         )
 
     def steps_per_s(self) -> float | None:
@@ -168,19 +174,38 @@ class ProgressTracker:
         ck = beat.get("checkpoint_step")
         if isinstance(ck, int):
             self._checkpoint_step = ck
+        self._heartbeat_nonfinite(beat.get("nonfinite"))
         step = beat.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
             return
         metrics = beat.get("metrics")
         if self._advance((step,), step) and isinstance(metrics, Mapping):
-            self._metrics = {
+            values = {
                 str(k): float(v)
                 for k, v in metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
+            self._metrics = self._health(values, step)
             wait, took = self._metrics.get("data_wait"), self._metrics.get("step_time")
             if wait is not None and took is not None and took > 0:
                 self._fractions.append(min(1.0, max(0.0, wait / took)))
+
+    def _heartbeat_nonfinite(self, record: Any) -> None:
+        if not isinstance(record, Mapping):
+            return
+        for name, entry in record.items():
+            if not isinstance(entry, Mapping) or str(name) in self._nonfinite:
+                continue
+            first = _int(entry.get("first"))
+            if first is None:
+                continue
+            value = entry.get("value")
+            seen: dict[str, int | str | None] = {
+                "first": first,
+                "last_good": _int(entry.get("last_good")),
+                "value": value if isinstance(value, str) else "nan",
+            }
+            self._nonfinite[str(name)] = seen
 
     # -- log lines ---------------------------------------------------------------
 
@@ -198,7 +223,36 @@ class ProgressTracker:
                 continue
             key = (step,) if epoch is None else (epoch, step)
             self._source = "log"
-            self._advance(key, step)
+            if self._advance(key, step):
+                values = {
+                    name: value
+                    for name in _LOG_METRICS
+                    if name in self.pattern.groupindex
+                    and (value := _float(match.group(name))) is not None
+                }
+                if values:
+                    self._metrics = self._health(values, step)
+
+    # -- training health ---------------------------------------------------------
+
+    def _health(self, values: Mapping[str, float], step: int) -> dict[str, float]:
+        """The finite ``values``; the first non-finite one of each noted in ``_nonfinite``.
+
+        Shaped as the harness's ``nonfinite`` record (first step, last finite
+        step before it, the value as text), which wins where both exist.
+        """
+        finite: dict[str, float] = {}
+        for name, value in values.items():
+            if math.isfinite(value):
+                finite[name] = value
+                self._finite_steps[name] = step
+            elif name not in self._nonfinite:
+                self._nonfinite[name] = {
+                    "first": step,
+                    "last_good": self._finite_steps.get(name),
+                    "value": repr(value),
+                }
+        return finite
 
     # -- both --------------------------------------------------------------------
 
@@ -242,6 +296,24 @@ class ProgressTracker:
         elapsed = max(0.0, now - last)
         self._sightings.append((elapsed, made))
         self._intervals.extend([elapsed / made] * min(made, self.history))
+
+
+#: Named groups of ``progress.pattern`` read as metrics.
+_LOG_METRICS = ("loss", "grad_norm")
+
+
+def _float(text: str | None) -> float | None:
+    """A log group as a float (``nan``, ``inf``, ``-inf`` included); ``None`` if none."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _number(value: Any) -> float | None:

@@ -29,8 +29,10 @@ import pytest
 
 from runner.agent.detectors import (
     DiskDetector,
+    ExplosionDetector,
     GpuHealthDetector,
     InputBoundDetector,
+    LossNanDetector,
     NcclTimeoutDetector,
     OomDetector,
     PowerCollapseDetector,
@@ -38,6 +40,7 @@ from runner.agent.detectors import (
     SharedMemoryDetector,
     StallDetector,
     ThrottleDetector,
+    ThroughputDetector,
     ZombieWorkersDetector,
     default_detectors,
 )
@@ -359,7 +362,7 @@ def wait_cpu(pid: int, seconds: float) -> None:
 def test_default_detectors_cover_every_failure() -> None:
     detectors = default_detectors(WatchdogSpec(), expected_gpus=2)
     names = [d.name for d in detectors]
-    assert len(set(names)) == len(names) == 11
+    assert len(set(names)) == len(names) == 14
     assert {type(d) for d in detectors} == {
         StallDetector,
         PowerCollapseDetector,
@@ -372,9 +375,13 @@ def test_default_detectors_cover_every_failure() -> None:
         NcclTimeoutDetector,
         SharedMemoryDetector,
         RamPressureDetector,
+        LossNanDetector,
+        ExplosionDetector,
+        ThroughputDetector,
     }
-    # Host, OOM and disk failures (stop) come before the stall (restart).
+    # Host, OOM, disk and NaN-loss failures (stop) come before the stall (restart).
     assert names.index("gpu_health") < names.index("stall")
+    assert names.index("loss_nan") < names.index("stall")
     assert names.index("oom") < names.index("stall")
     health = next(d for d in detectors if isinstance(d, GpuHealthDetector))
     assert health.expected_gpus == 2
@@ -1539,3 +1546,104 @@ def test_no_detector_raises_on_odd_input() -> None:
     run.tick(0, gpus=[Foreign({"index": 0, "timestamp": T0, "lost": True}), Foreign({})])
     assert [e.kind for e in run.events] == ["gpu_lost"]
     assert math.isfinite(run.events[0].time)
+
+
+# -- training health -------------------------------------------------------------
+
+
+def test_loss_nan_stops_once_naming_the_first_bad_step_and_the_checkpoint() -> None:
+    run = Run([LossNanDetector()])
+    for t in range(5):
+        run.tick(t, progress=Progress(source="harness", step=t + 1, metrics={"loss": 1.0}))
+    assert run.events == []
+    bad = {"loss": {"first": 7, "last_good": 6, "value": "nan"}}
+    for t in range(5, 10):
+        p = Progress(source="harness", step=t + 3, nonfinite=bad, checkpoint_step=5)
+        run.tick(t, progress=p)
+    event = only(run.events)  # once, not every tick
+    assert (event.kind, event.severity, event.action) == ("loss_nan", "critical", "stop")
+    ev = event.evidence
+    assert (ev["first_bad_step"], ev["last_good_step"], ev["checkpoint_step"]) == (7, 6, 5)
+    assert ev["metric"] == "loss" and ev["value"] == "nan"
+    assert "from step 7" in event.message and "checkpoint is step 5" in event.message
+    # A new attempt is watched afresh; grad_norm first bad wins when it came first.
+    run.attempt = 1
+    both = {"loss": {"first": 9, "value": "nan"}, "grad_norm": {"first": 8, "value": "inf"}}
+    run.tick(20, progress=Progress(source="log", step=9, nonfinite=both))
+    last = run.events[-1]
+    assert last.attempt == 1 and last.evidence["metric"] == "grad_norm"
+    assert last.evidence["metrics"] == ["grad_norm", "loss"]
+    assert last.evidence["checkpoint_step"] is None and "no complete checkpoint" in last.message
+
+
+def _feed(run: Run, values: Sequence[float], metric: str = "loss", start: int = 1) -> None:
+    for i, v in enumerate(values):
+        step = start + i
+        run.tick(step, progress=Progress(source="harness", step=step, metrics={metric: v}))
+
+
+def test_loss_explosion_against_the_runs_own_median_held_for_a_few_steps() -> None:
+    w = WatchdogSpec(explosion_warmup=10, explosion_window=20, explosion_hold_steps=3)
+    run = Run([ExplosionDetector(w)], watchdog=w)
+    _feed(run, [1.0 + 0.01 * (i % 5) for i in range(30)])
+    _feed(run, [50.0], start=31)  # one spike: no episode
+    _feed(run, [1.0] * 3, start=32)
+    assert run.events == []
+    _feed(run, [40.0, 60.0, 80.0, 90.0, 95.0], start=35)
+    event = only(run.alarms())
+    assert (event.kind, event.severity) == ("loss_explosion", "warning")
+    assert event.evidence["step"] == 37 and event.evidence["value"] == 80.0
+    assert event.evidence["baseline_median"] == pytest.approx(1.0, abs=0.03)
+    assert event.evidence["absolute"] is False
+    _feed(run, [1.0] * 3, start=40)
+    assert [e.severity for e in run.of("loss_explosion")] == ["warning", "info"]
+
+
+def test_grad_norm_above_the_absolute_limit_before_any_warm_up() -> None:
+    run = Run([ExplosionDetector()])
+    _feed(run, [150.0] * 5, metric="grad_norm")
+    event = only(run.events)
+    assert event.kind == "grad_explosion" and event.evidence["absolute"] is True
+    assert event.evidence["grad_norm_max"] == 100.0 and event.evidence["step"] == 3
+    # No new step: the same heartbeat read again counts once.
+    for t in (10, 11, 12):
+        run.tick(t, progress=Progress(source="harness", step=5, metrics={"grad_norm": 1.0}))
+    assert len(run.events) == 1
+
+
+def _rate(run: Run, start_t: float, end_t: float, per_s: float, step: float, **kw: Any) -> float:
+    t = start_t
+    while t < end_t:
+        step += per_s * 0.5
+        run.tick(t, progress=Progress(source="harness", step=int(step), **kw))
+        t += 0.5
+    return step
+
+
+def test_throughput_drop_against_the_steady_rate_once() -> None:
+    w = WatchdogSpec(throughput_window_s=5)
+    run = Run([ThroughputDetector(w)], watchdog=w)
+    step = _rate(run, 0, 30, 10.0, 0, phase="train")
+    assert run.events == []
+    step = _rate(run, 30, 45, 1.0, step, phase="train")
+    event = only(run.events)
+    assert (event.kind, event.severity) == ("throughput_drop", "warning")
+    ev = event.evidence
+    assert ev["steady_steps_per_s"] == pytest.approx(10.0, rel=0.1)
+    assert ev["steps_per_s"] < 3.0 and ev["window_s"] == 5
+    assert 32 <= t_of(event) <= 36
+    _rate(run, 45, 60, 10.0, step, phase="train")
+    assert [e.severity for e in run.events] == ["warning", "info"]
+
+
+def test_throughput_drop_not_while_checkpointing_throttled_or_stalled() -> None:
+    w = WatchdogSpec(throughput_window_s=5)
+    for kw in ({"phase": "checkpoint"}, {"data_wait_fractions": (0.9,) * 10}):
+        run = Run([ThroughputDetector(w)], watchdog=w)
+        step = _rate(run, 0, 30, 10.0, 0, phase="train")
+        _rate(run, 30, 45, 1.0, step, **kw)
+        assert run.events == [], kw
+    run = Run([ThroughputDetector(w)], watchdog=w)
+    step = _rate(run, 0, 30, 10.0, 0, phase="train")
+    _rate(run, 30, 45, 0.0, step, phase="train")  # no step at all: a stall, not this
+    assert run.events == []

@@ -207,3 +207,40 @@ def test_a_bar_that_redraws_every_step_has_no_late_redraws() -> None:
         tracker.update([f"{t}/100 ["], float(t))
     p = tracker.update(["6/100 ["], 30.0)  # a slow step is a step
     assert p.last_step_time == 30.0 and max(p.intervals) == pytest.approx(25.0)
+
+
+def test_log_pattern_loss_and_grad_norm_groups_keep_nan_visible() -> None:
+    pattern = r"step (?P<step>\d+) loss (?P<loss>\S+) grad (?P<grad_norm>\S+)"
+    tracker = ProgressTracker(None, pattern)
+    tracker.reset(100.0)
+    p = tracker.update(["step 1 loss 0.9 grad 1.5", "step 2 loss 0.8 grad 1.25"], 101.0)
+    assert p.metrics == {"loss": 0.8, "grad_norm": 1.25} and p.nonfinite == {}
+    # Two lines in one tick: the first bad step is the line's, not the tick's last.
+    p = tracker.update(["step 3 loss nan grad inf", "step 4 loss nan grad nan"], 102.0)
+    assert p.step == 4 and p.metrics == {}  # metrics stay finite only
+    assert p.nonfinite == {
+        "loss": {"first": 3, "last_good": 2, "value": "nan"},
+        "grad_norm": {"first": 3, "last_good": 2, "value": "inf"},
+    }
+    p = tracker.update(["step 5 loss 0.7 grad 1.0"], 103.0)
+    assert p.metrics["loss"] == 0.7 and p.nonfinite["loss"]["first"] == 3  # the first stays
+    tracker.reset(200.0)
+    assert tracker.progress.nonfinite == {}
+
+
+def test_harness_nonfinite_record_reaches_progress(tmp_path: Path) -> None:
+    """A real Harness writes NaN as text plus the first bad step; both read back."""
+    h = harness.Harness(run_dir=tmp_path)
+    tracker = ProgressTracker(tmp_path, None)
+    tracker.reset(time.time() - 1)
+    for step in range(1, 4):
+        h.step(step, loss=1.0 / step, grad_norm=1.0)
+    h.step(4, loss=float("nan"), grad_norm=float("inf"))
+    h.step(5, loss=float("nan"), grad_norm=2.0)  # the agent sees only this heartbeat
+    text = (tmp_path / harness.HEARTBEAT_FILE).read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in the heartbeat"))
+    p = tracker.update([], time.time())
+    assert p.step == 5 and "loss" not in p.metrics and p.metrics["grad_norm"] == 2.0
+    assert p.nonfinite["loss"] == {"first": 4, "last_good": 3, "value": "nan"}
+    assert p.nonfinite["grad_norm"] == {"first": 4, "last_good": 3, "value": "inf"}
+    h.close()

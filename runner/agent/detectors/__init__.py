@@ -14,6 +14,10 @@
     InputBoundDetector       input_bound                      warning/none (advice)
     SharedMemoryDetector     shm_low                          warning/none
     RamPressureDetector      ram_pressure                     warning/none
+    LossNanDetector          loss_nan                         critical/stop (not restart:
+                                                              a resume diverges again)
+    ExplosionDetector        loss_explosion, grad_explosion   warning/none
+    ThroughputDetector       throughput_drop                  warning/none (no system cause)
 
 Every detector reports a condition once when it starts, with the numbers that
 triggered it in ``evidence``, and may report one ``info`` event when it clears.
@@ -31,13 +35,20 @@ from runner.agent.detectors._input import InputBoundDetector
 from runner.agent.detectors._logs import NcclTimeoutDetector, OomDetector
 from runner.agent.detectors._procs import ZombieWorkersDetector
 from runner.agent.detectors._stall import StallDetector
+from runner.agent.detectors._training import (
+    ExplosionDetector,
+    LossNanDetector,
+    ThroughputDetector,
+)
 from runner.agent.observe import Detector
 from runner.spec import WatchdogSpec
 
 __all__ = [
     "DiskDetector",
+    "ExplosionDetector",
     "GpuHealthDetector",
     "InputBoundDetector",
+    "LossNanDetector",
     "NcclTimeoutDetector",
     "OomDetector",
     "PowerCollapseDetector",
@@ -45,6 +56,7 @@ __all__ = [
     "SharedMemoryDetector",
     "StallDetector",
     "ThrottleDetector",
+    "ThroughputDetector",
     "ZombieWorkersDetector",
     "default_detectors",
 ]
@@ -62,6 +74,7 @@ def default_detectors(watchdog: WatchdogSpec, *, expected_gpus: int = 0) -> list
         GpuHealthDetector(watchdog, expected_gpus=expected_gpus),
         OomDetector(watchdog),
         DiskDetector(watchdog),
+        LossNanDetector(watchdog),
         NcclTimeoutDetector(watchdog),
         StallDetector(watchdog),
         ZombieWorkersDetector(watchdog),
@@ -70,4 +83,6 @@ def default_detectors(watchdog: WatchdogSpec, *, expected_gpus: int = 0) -> list
         InputBoundDetector(watchdog),
         SharedMemoryDetector(watchdog),
         RamPressureDetector(watchdog),
+        ExplosionDetector(watchdog),
+        ThroughputDetector(watchdog),
     ]
