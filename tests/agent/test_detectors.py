@@ -1647,3 +1647,30 @@ def test_throughput_drop_not_while_checkpointing_throttled_or_stalled() -> None:
     step = _rate(run, 0, 30, 10.0, 0, phase="train")
     _rate(run, 30, 45, 0.0, step, phase="train")  # no step at all: a stall, not this
     assert run.events == []
+
+
+@pytest.mark.parametrize(
+    ("mask", "clock", "excused"),
+    [(CLOCK_EVENT_REASONS["HwThermalSlowdown"], 1500, True), (POWER_CAP, 1200, True),
+     (POWER_CAP, 2050, False)],
+)  # fmt: skip
+def test_throughput_drop_not_while_the_gpu_clock_is_slowed(
+    mask: int, clock: int, excused: bool
+) -> None:
+    """Heat or a power cap that cuts the clock is the cause (ThrottleDetector's); a
+    power-cap bit on a GPU at full speed, as many busy GPUs show, is none."""
+
+    def edit(index: int, t: float, s: GpuSnapshot) -> GpuSnapshot:
+        if t < 30:
+            return s
+        return replace(s, clock_event_mask=mask, sm_clock_mhz=clock, sm_clock_max_mhz=2100)
+
+    w = WatchdogSpec(throughput_window_s=5)
+    run = Run([ThroughputDetector(w)], watchdog=w)
+    gpus = Gpus(Scripted(Scenario("healthy", pid=ROOT), edit))
+    t, step = 0.0, 0.0
+    while t < 45:
+        step += (10.0 if t < 30 else 1.0) * 0.5
+        run.tick(t, gpus=gpus.at(t)[0], progress=Progress(source="harness", step=int(step)))
+        t += 0.5
+    assert [e.kind for e in run.alarms()] == ([] if excused else ["throughput_drop"])

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from runner.agent.detectors._common import (
     OFF_LOOP_PHASES,
     CheckpointWatch,
+    clock_drop_percent,
     gpus_of,
     make_event,
     num,
@@ -26,14 +27,16 @@ from runner.spec import WatchdogSpec
 
 #: The metrics watched, in the order they are named.
 WATCHED = ("loss", "grad_norm")
-#: Clock-event bits that are a system cause of slow steps (thermal, power, hardware slowdown).
+#: Clock-event bits that are a system cause of slow steps (thermal, hardware slowdown).
 SLOWDOWN_MASK = (
-    CLOCK_EVENT_REASONS["SwPowerCap"]
-    | CLOCK_EVENT_REASONS["HwSlowdown"]
+    CLOCK_EVENT_REASONS["HwSlowdown"]
     | CLOCK_EVENT_REASONS["SwThermalSlowdown"]
     | CLOCK_EVENT_REASONS["HwThermalSlowdown"]
     | CLOCK_EVENT_REASONS["HwPowerBrakeSlowdown"]
 )
+#: The power-cap bit is set on many busy GPUs running at full speed; it is a cause
+#: only with the SM clock this far (percent) below its maximum (ThrottleDetector's 30 %).
+POWER_CAP_CLOCK_DROP = 30.0
 #: Windows of steady rate needed before a drop can be told (the first is warm-up).
 STEADY_WINDOWS = 2
 #: A drop clears when the rate is back above this fraction of the steady rate.
@@ -211,7 +214,8 @@ class ThroughputDetector:
     of the window (steps that stop are a stall, the stall detector's), is
     reported once, unless a system
     cause explains it: a checkpoint being written (or off-loop phase), a GPU
-    clock slowed by heat, power or hardware, or a data-wait fraction above
+    clock slowed by heat or hardware (or by its power cap, with the SM clock
+    30 % or more below its maximum), or a data-wait fraction above
     ``input_bound_fraction`` (those detectors report them). Clears (``info``)
     when the rate is back above 0.6 x steady.
     """
@@ -237,7 +241,14 @@ class ThroughputDetector:
             return "phase"
         for g in gpus_of(obs.sample):
             mask = g.clock_event_mask
-            if isinstance(mask, int) and mask & SLOWDOWN_MASK:
+            if not isinstance(mask, int):
+                continue
+            drop = clock_drop_percent(g)
+            if mask & SLOWDOWN_MASK or (
+                mask & CLOCK_EVENT_REASONS["SwPowerCap"]
+                and drop is not None
+                and drop >= POWER_CAP_CLOCK_DROP
+            ):
                 return "gpu_slowdown"
         waits = [f for f in (num(x) for x in obs.progress.data_wait_fractions[-10:]) if f]
         if waits and sum(waits) / len(waits) > self.watchdog.input_bound_fraction:
