@@ -59,9 +59,9 @@ sys.path.insert(0, str(REPO))
 
 from runner.agent.supervisor import Supervisor  # noqa: E402
 from runner.rundir import Event, read_events  # noqa: E402
-from runner.sampling.nvml import GpuSnapshot, Nvml  # noqa: E402
+from runner.sampling.nvml import Nvml  # noqa: E402
 from runner.sampling.sample import NoGpus  # noqa: E402
-from runner.sampling.trace import FakeNvml, Scenario  # noqa: E402
+from runner.sampling.trace import FakeNvml, OnsetTimeline  # noqa: E402
 from runner.spec import JobSpec, RestartPolicy, load_job  # noqa: E402
 
 LOOP = REPO / "tests" / "agent" / "scripts" / "train_loop.py"
@@ -70,26 +70,6 @@ TQDM_LOOP = REPO / "tests" / "agent" / "scripts" / "tqdm_loop.py"
 TQDM_PATTERN = r"(?P<step>\d+)/\d+ \["
 LATENCY_TARGET_S = 60.0
 OVERHEAD_TARGET = 0.99
-
-
-class OnsetTimeline:
-    """FakeNvml's power_collapse scenario, collapsing when the onset file appears."""
-
-    driver_version = "570.86.15"
-
-    def __init__(self, onset: Path) -> None:
-        self.onset = onset
-        self.training = Scenario("power_collapse", at=1e12)
-        self.collapsed = Scenario("power_collapse", at=0.0)
-
-    def gpu_count(self) -> int:
-        return 1
-
-    def state(self, index: int, now: float) -> GpuSnapshot:
-        return (self.collapsed if self.onset.exists() else self.training).state(index, now)
-
-    def xids(self, until: float) -> Sequence[tuple[float, int, int]]:
-        return ()
 
 
 def _devnull() -> Any:

@@ -47,6 +47,7 @@ __all__ = [
     "SCENARIOS",
     "TRACE_FORMAT",
     "FakeNvml",
+    "OnsetTimeline",
     "RecordResult",
     "RecordedTrace",
     "Scenario",
@@ -230,6 +231,30 @@ class Scenario:
     def xids(self, until: float) -> Sequence[tuple[float, int, int]]:
         if self.name == "xid" and until >= self.at:
             return ((self.at, self.gpu, 79),)
+        return ()
+
+
+class OnsetTimeline:
+    """The seeds' silent freeze, timed by the process that freezes: one GPU training
+    (80 W, 97 %) until the ``onset`` file exists, collapsed (20 W, 0 %, GpuIdle) while it
+    does. A test script writes the file the instant it blocks; removing it (a restarted
+    attempt) brings the busy GPU back.
+    """
+
+    driver_version = "570.86.15"
+
+    def __init__(self, onset: Path) -> None:
+        self.onset = onset
+        self.training = Scenario("power_collapse", at=1e12)
+        self.collapsed = Scenario("power_collapse", at=0.0)
+
+    def gpu_count(self) -> int:
+        return 1
+
+    def state(self, index: int, now: float) -> GpuSnapshot:
+        return (self.collapsed if self.onset.exists() else self.training).state(index, now)
+
+    def xids(self, until: float) -> Sequence[tuple[float, int, int]]:
         return ()
 
 

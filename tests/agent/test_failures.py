@@ -24,8 +24,8 @@ import pytest
 from runner.agent.stacks import find_py_spy
 from runner.agent.supervisor import EXIT_BAD_HOST, EXIT_STOPPED, Supervisor, SupervisorResult
 from runner.rundir import Event, read_events, read_status
-from runner.sampling.nvml import GpuSnapshot, Nvml
-from runner.sampling.trace import FakeNvml, Scenario
+from runner.sampling.nvml import Nvml
+from runner.sampling.trace import FakeNvml, OnsetTimeline, Scenario
 from runner.spec import JobSpec, RestartPolicy, WatchdogSpec, load_job
 
 pytestmark = [
@@ -452,31 +452,6 @@ def test_crash_loop_stops_after_the_budget(run_root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- GPU side
-
-
-class OnsetTimeline:
-    """The power_collapse scenario with its collapse at the instant the script freezes.
-
-    The script writes its onset file just before it blocks; from then the GPU
-    looks like the seeds' freeze (80 W -> 20 W, 0 %, GpuIdle).
-    """
-
-    driver_version = "570.86.15"
-
-    def __init__(self, onset: Path) -> None:
-        self.onset = onset
-        self.training = Scenario("power_collapse", at=1e12)
-        self.collapsed = Scenario("power_collapse", at=0.0)
-
-    def gpu_count(self) -> int:
-        return 1
-
-    def state(self, index: int, now: float) -> GpuSnapshot:
-        scenario = self.collapsed if self.onset.exists() else self.training
-        return scenario.state(index, now)
-
-    def xids(self, until: float) -> Sequence[tuple[float, int, int]]:
-        return ()
 
 
 def fake_gpu(timeline: Any) -> Nvml:

@@ -20,7 +20,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,9 @@ from runner.agent.mirror import STATE_FILE, alert_for, mirror_argv, offline_runs
 from runner.agent.supervisor import Supervisor
 from runner.errors import SpecError
 from runner.rundir import EVENTS_FILE, SAMPLES_FILE, Event, read_events
-from runner.sampling.nvml import GpuSnapshot, Nvml
+from runner.sampling.nvml import Nvml
 from runner.sampling.sample import NoGpus
-from runner.sampling.trace import FakeNvml, Scenario
+from runner.sampling.trace import FakeNvml, OnsetTimeline
 from runner.spec import JobSpec, RestartPolicy, WandbSpec, WatchdogSpec, parse_job
 
 pytest.importorskip("wandb")
@@ -49,26 +49,6 @@ WATCHDOG = WatchdogSpec(
     power_collapse_s=2,
     history_interval_s=0.2,
 )
-
-
-class FreezeTimeline:
-    """80 W and busy; 20 W and idle from the instant the loop writes its onset file."""
-
-    driver_version = "570.86.15"
-
-    def __init__(self, onset: Path) -> None:
-        self.onset = onset
-        self.training = Scenario("power_collapse", at=1e12)
-        self.collapsed = Scenario("power_collapse", at=0.0)
-
-    def gpu_count(self) -> int:
-        return 1
-
-    def state(self, index: int, now: float) -> GpuSnapshot:
-        return (self.collapsed if self.onset.exists() else self.training).state(index, now)
-
-    def xids(self, until: float) -> Sequence[tuple[float, int, int]]:
-        return ()
 
 
 # --------------------------------------------------------------------------- reading .wandb
@@ -193,7 +173,7 @@ def mirrored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_dir,
         argv,
         job,
-        gpu_source=Nvml(FakeNvml(FreezeTimeline(onset), clock=time.monotonic)),
+        gpu_source=Nvml(FakeNvml(OnsetTimeline(onset), clock=time.monotonic)),
         on_event=on_event,
     )
     assert (result.exit_code, result.restarts) == (0, 1), result.summary

@@ -14,14 +14,13 @@ from __future__ import annotations
 import io
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from runner.rundir import Launch
-from runner.sampling.nvml import GpuSnapshot, Nvml
-from runner.sampling.trace import FakeNvml, Scenario
+from runner.sampling.nvml import Nvml
+from runner.sampling.trace import FakeNvml, OnsetTimeline
 from runner.spec import WatchdogSpec
 
 SCRIPTS = Path(__file__).parents[1] / "agent" / "scripts"
@@ -38,31 +37,6 @@ WATCHDOG = WatchdogSpec(
     power_collapse_s=2,
     history_interval_s=0.2,
 )
-
-
-class FreezeTimeline:
-    """A healthy GPU (80 W, 97 %) that collapses to 20 W / 0 % while the loop is frozen.
-
-    The loop writes its onset file just before it blocks; the restarted attempt
-    removes the collapse (the fixture deletes the file when the second attempt starts).
-    """
-
-    driver_version = "570.86.15"
-
-    def __init__(self, onset: Path) -> None:
-        self.onset = onset
-        self.training = Scenario("power_collapse", at=1e12)
-        self.collapsed = Scenario("power_collapse", at=0.0)
-
-    def gpu_count(self) -> int:
-        return 1
-
-    def state(self, index: int, now: float) -> GpuSnapshot:
-        scenario = self.collapsed if self.onset.exists() else self.training
-        return scenario.state(index, now)
-
-    def xids(self, until: float) -> Sequence[tuple[float, int, int]]:
-        return ()
 
 
 def record_run(run_dir: Path, onset: Path) -> Path:
@@ -96,7 +70,7 @@ def record_run(run_dir: Path, onset: Path) -> Path:
         watchdog=WATCHDOG,
         restart_delay_s=0.1,
         kill_grace_s=5.0,
-        gpu_source=Nvml(FakeNvml(FreezeTimeline(onset), clock=time.monotonic)),
+        gpu_source=Nvml(FakeNvml(OnsetTimeline(onset), clock=time.monotonic)),
         on_event=on_event,
     )
     result = supervisor.run()
