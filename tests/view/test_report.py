@@ -94,9 +94,11 @@ def test_the_figure_marks_every_event_and_plots_the_samples(recorded_run: Path) 
     assert [d[1:] for d in drawn] == [w[1:] for w in wanted]
     stall = next(e for e in events if e.kind == "stall")
     assert stall.severity == "critical" and stall.evidence["step"] == FREEZE_AT
-    # The labels of the four events within 0.1 s of each other are in four rows.
+    # The stall and what the agent did about it (dump, kill, restart) come within a
+    # fraction of a second: their labels go into rows of their own, none over another.
     rows = {t.get_text().strip(): t.get_position()[1] for t in strip.texts[1:5]}
-    assert sorted(rows.values()) == [0, 1, 2, 3]
+    assert len(set(rows.values())) > 1, rows
+    assert _overlaps(fig) == []
 
     # GPU power: 80 W training, 20 W frozen, at the samples' times; the limit dashed.
     power = _axes(fig, "power").get_lines()
