@@ -64,6 +64,7 @@ __all__ = [
     "Severity",
     "Status",
     "attempt_log_path",
+    "parse_events",
     "parse_samples",
     "read_events",
     "read_heartbeat",
@@ -179,6 +180,12 @@ def read_events(run_dir: Path | str) -> list[Event]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    return parse_events(text)
+
+
+def parse_events(text: str) -> list[Event]:
+    """The events of an ``events.jsonl`` text (read here or over SSH), in file order;
+    torn or foreign lines are skipped."""
     events = []
     for line in text.splitlines():
         if not line.strip():

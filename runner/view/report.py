@@ -32,13 +32,13 @@ from runner.rundir import (
     SAMPLES_FILE,
     STATUS_FILE,
     Event,
+    parse_events,
     parse_samples,
 )
+from runner.view.source import LocalSource, RunSource
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from runner.view.source import RunSource
 
 __all__ = [
     "MD_NAME",
@@ -96,14 +96,7 @@ class RunFiles:
         cls, label: str, texts: Mapping[str, str | None], *, where: str = "", host: str = ""
     ) -> RunFiles:
         """From the files' texts, by name (``None``: the file is not there)."""
-        events = []
-        for line in (texts.get(EVENTS_FILE) or "").splitlines():
-            if line.strip():
-                try:
-                    events.append(Event.from_json(line))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a crash mid-write
-        events.sort(key=lambda e: e.time)
+        events = sorted(parse_events(texts.get(EVENTS_FILE) or ""), key=lambda e: e.time)
         return cls(
             label=label,
             samples=tuple(parse_samples(texts.get(SAMPLES_FILE) or "")),
@@ -125,16 +118,9 @@ def read_run_files(source: RunSource | Path) -> RunFiles:
     Raises :class:`RunnerError` when it has neither samples nor events: nothing to report.
     """
     if isinstance(source, Path):
-        texts: dict[str, str | None] = {}
-        for name in _FILES:
-            try:
-                texts[name] = (source / name).read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                texts[name] = None
-        files = RunFiles.from_texts(source.name, texts, where=str(source))
-    else:
-        fetched = source.fetch(_FILES).texts
-        files = RunFiles.from_texts(source.label, fetched, where=source.where, host=_host(source))
+        source = LocalSource(source)
+    fetched = source.fetch(_FILES).texts
+    files = RunFiles.from_texts(source.label, fetched, where=source.where, host=_host(source))
     if not files.samples and not files.events:
         raise RunnerError(
             f"{files.label}: nothing to report: no {SAMPLES_FILE} records and no events "
