@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import signal
 import subprocess
@@ -1255,7 +1254,7 @@ class Supervisor:
             last_event=self._last_event.to_dict() if self._last_event else None,
             gpus=tuple(_gpu_brief(g) for g in sample.gpus) if sample else (),
             host=_host_brief(sample) if sample else None,
-            metrics=_finite(p.metrics),
+            metrics=dict(p.metrics),  # finite numbers only (ProgressTracker keeps NaN out)
             samples_per_s=rate * per_step if rate and per_step and per_step > 0 else None,
             data_wait=round(sum(waits) / len(waits), 4) if waits else None,
         )
@@ -1420,15 +1419,6 @@ def _current_rate(rate: float | None, last_step: float | None, now: float) -> fl
     if rate > 0 and silence > 2.0 / rate:
         return 1.0 / silence
     return rate
-
-
-def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The metrics JSON can carry: finite numbers (a NaN loss is an event, not a value)."""
-    return {
-        k: v
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
 
 
 def _gpu_brief(gpu: GpuSnapshotLike) -> dict[str, Any]:
