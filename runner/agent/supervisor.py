@@ -1232,7 +1232,9 @@ class Supervisor:
         p = self._progress.progress
         ck = self._checkpoints.poll()
         sample = self._last_sample
-        rate = _current_rate(self._progress.steps_per_s(), p.last_step_time, time.time())
+        rate = self._progress.steps_per_s()
+        if not final:  # an ended run keeps the rate it trained at
+            rate = _current_rate(rate, p.last_step_time, time.time())
         per_step = p.metrics.get("samples")
         waits = p.data_wait_fractions[-16:]
         status = Status(
