@@ -32,14 +32,22 @@ def build(
     no_cache: bool = typer.Option(False, "--no-cache", help="Build every step anew."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the build's own output."),
 ) -> None:
-    """Build runner/NAME:TAG from images/NAME plus runner's source, showing each step."""
-    from runner.launch.images import build_image, parse_build_args
+    """Build runner/NAME:TAG from images/NAME plus runner's source, showing each step.
 
+    dino-wm and openpi build upstream unless given a repository: a job that needs a fork
+    (its program.fork) gets a note, and its own program.repo/ref are passed when it names them.
+    """
+    from runner.launch.images import build_image, catalog_specs, fork_build, parse_build_args
+
+    args = parse_build_args(build_arg or [])
+    forks = fork_build(name, args, catalog_specs())
+    for note in forks.notes:
+        display.info(note)
     result = build_image(
         name,
         base_image=base_image,
         tag=tag,
-        build_args=parse_build_args(build_arg or []),
+        build_args={**forks.build_args, **args},
         push=push,
         reuse=reuse,
         nocache=no_cache,

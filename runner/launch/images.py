@@ -17,8 +17,13 @@ Images (``runner/NAME:latest``; the jobs name them in ``image:``):
     base             CUDA runtime (BASE_IMAGE), Python, sshd, rsync, the agent in /opt/runner
     franka-embedded  base + CPU torch: the franka_cube_stack ``embedded`` profile
     dino-wm          base + CUDA torch + DINO WM (franka_cube_stack, robomimic_can)
-    lerobot          base + LeRobot (act_so101, smolvla_so101); lerobot-pi0 with POLICY=pi0
+    lerobot          base + LeRobot 0.6.1 (act_so101, smolvla_so101, pi0_so101)
     openpi           base + uv + openpi (JAX) (openpi_pi0)
+
+dino-wm and openpi build their program from a repository and ref given as build arguments
+(:data:`PROGRAM_BUILD_ARGS`), upstream by default. A job whose ``program.fork`` says it
+needs what upstream lacks gets one line from :func:`fork_notice`; ``runner image build``
+passes the job's own ``program.repo``/``ref`` when it names them (:func:`fork_build`).
 """
 
 from __future__ import annotations
@@ -34,17 +39,25 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.errors import RunnerError, UsageError
+from runner.errors import RunnerError, SpecError, UsageError
+
+if TYPE_CHECKING:
+    from runner.spec import JobSpec
 
 __all__ = [
     "CONTEXT_TAG_PREFIX",
+    "PROGRAM_BUILD_ARGS",
     "BuildResult",
+    "ForkBuild",
     "ImageDef",
     "build_context",
     "build_image",
+    "catalog_specs",
     "docker_client",
+    "fork_build",
+    "fork_notice",
     "image_name_for",
     "images_dir",
     "known_images",
@@ -62,9 +75,11 @@ _SKIP_PARTS = frozenset({"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_c
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 #: A build argument with a name like these would put a credential into the image's history.
 _SECRET_LOOKING = re.compile(r"(TOKEN|API_KEY|APIKEY|SECRET|PASSWORD|PASSWD|PRIVATE_KEY)", re.I)
-#: Images built from another image's folder with fixed build arguments.
-VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
-    "lerobot-pi0": ("lerobot", {"POLICY": "pi0"}),
+#: The build arguments naming the repository and ref of the program an image builds
+#: (their defaults, an upstream commit, are in the Dockerfile and its labels).
+PROGRAM_BUILD_ARGS: dict[str, tuple[str, str]] = {
+    "dino-wm": ("DINO_WM_REPO", "DINO_WM_REF"),
+    "openpi": ("OPENPI_REPO", "OPENPI_REF"),
 }
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
@@ -113,17 +128,13 @@ def images_dir() -> Path:
 
 
 def known_images(root: Path | None = None) -> dict[str, ImageDef]:
-    """Every image that can be built: each ``images/NAME/Dockerfile`` and the variants."""
+    """Every image that can be built: each ``images/NAME/Dockerfile``."""
     root = root or images_dir()
-    found = {
+    return {
         d.name: ImageDef(d.name, d)
         for d in sorted(root.iterdir())
         if d.is_dir() and (d / "Dockerfile").is_file()
     }
-    for name, (folder, args) in VARIANTS.items():
-        if folder in found:
-            found[name] = ImageDef(name, found[folder].folder, dict(args))
-    return found
 
 
 def image_name_for(image_ref: str) -> str | None:
@@ -149,6 +160,115 @@ def parse_build_args(items: Iterable[str]) -> dict[str, str]:
             )
         args[key] = value
     return args
+
+
+# --------------------------------------------------------------------------- forks
+
+
+@dataclass(frozen=True)
+class ForkBuild:
+    """What a build of an image adds for the catalog's forks: build arguments and notes."""
+
+    build_args: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _program_args(spec: JobSpec) -> tuple[str, str] | None:
+    name = image_name_for(spec.image) if spec.image else None
+    return PROGRAM_BUILD_ARGS.get(name) if name else None
+
+
+def _needs(spec: JobSpec) -> str:
+    return f"note: {spec.name} needs a fork: {spec.program.fork}"
+
+
+def _build_with(names: tuple[str, str], repo: str, ref: str) -> str:
+    return f"--build-arg {names[0]}={repo} --build-arg {names[1]}={ref}"
+
+
+def fork_notice(spec: JobSpec) -> str | None:
+    """One line for a job that needs a fork (``program.fork``) and names none (``program.repo``).
+
+    e.g. ``note: franka_cube_stack needs a fork: conf/env/... are in your DINO WM fork, not
+    upstream; build with --build-arg DINO_WM_REPO=<url> --build-arg DINO_WM_REF=<sha>`` (the
+    build arguments of the job's image; without such an image, the first part alone).
+    None for every other job.
+    """
+    if not spec.program.fork or spec.program.repo:
+        return None
+    names = _program_args(spec)
+    if names is None:
+        return _needs(spec)
+    return f"{_needs(spec)}; build with {_build_with(names, '<url>', '<sha>')}"
+
+
+def fork_build(name: str, build_args: Mapping[str, str], specs: Iterable[JobSpec]) -> ForkBuild:
+    """The build arguments and notes ``runner image build NAME`` adds for the jobs' forks.
+
+    Only for an image that builds its program from a repository (:data:`PROGRAM_BUILD_ARGS`)
+    and only when ``build_args`` (the user's) do not name that repository. Each job in
+    ``specs`` that uses the image and has ``program.fork`` gets one note: what to pass
+    (:func:`fork_notice`), or, when it names its fork (``program.repo`` and ``program.ref``),
+    that the build uses it: those become the returned build arguments, unless the jobs name
+    different forks (then none is chosen and each note says what to pass). A build argument
+    the user gave wins. ``specs`` may hold a job several times (its profiles): once is used.
+    """
+    names = PROGRAM_BUILD_ARGS.get(name)
+    if names is None:
+        return ForkBuild()
+    repo_arg, ref_arg = names
+    if repo_arg in build_args:
+        if ref_arg in build_args:
+            return ForkBuild()
+        return ForkBuild(
+            notes=[
+                f"note: --build-arg {repo_arg} without {ref_arg}: {name} checks out the "
+                f"Dockerfile's default {ref_arg} (an upstream commit) from that repository"
+            ]
+        )
+    forked: dict[str, JobSpec] = {}
+    for spec in specs:
+        if spec.program.fork and _program_args(spec) == names:
+            forked.setdefault(spec.name, spec)
+    named = {(s.program.repo, s.program.ref) for s in forked.values() if s.program.repo}
+    chosen = next(iter(named)) if len(named) == 1 else None
+    args: dict[str, str] = {}
+    if chosen is not None and chosen[1]:
+        args = {repo_arg: chosen[0], ref_arg: build_args.get(ref_arg, chosen[1])}
+    notes = []
+    for spec in forked.values():
+        repo, ref = spec.program.repo, spec.program.ref
+        if repo is None:
+            notes.append(fork_notice(spec) or _needs(spec))
+        elif not ref:
+            notes.append(
+                f"{_needs(spec)}; its program.repo has no program.ref: build with "
+                f"{_build_with(names, repo, '<sha>')}"
+            )
+        elif args and (repo, ref) == chosen:
+            notes.append(
+                f"{_needs(spec)}; building its program.repo and program.ref: "
+                f"{_build_with(names, args[repo_arg], args[ref_arg])}"
+            )
+        else:
+            notes.append(
+                f"{_needs(spec)}; the jobs name different forks, so none is passed: build with "
+                f"{_build_with(names, repo, ref)}"
+            )
+    return ForkBuild(args, notes)
+
+
+def catalog_specs() -> list[JobSpec]:
+    """Every valid job of the catalog, and each with each of its profiles merged in."""
+    from runner.spec import load_all, load_job
+
+    specs: list[JobSpec] = []
+    for spec in load_all()[0]:
+        specs.append(spec)
+        for profile in spec.profiles:
+            with contextlib.suppress(SpecError):
+                specs.append(load_job(spec.name, profile=profile))
+    return specs
 
 
 # --------------------------------------------------------------------------- context
@@ -460,14 +580,11 @@ def push_image(client: Any, ref: str, registry: str, *, say: Say) -> str:
 
 def describe_images(client: Any | None, root: Path | None = None) -> list[dict[str, Any]]:
     """Each buildable image with the jobs that use it and, when an engine answers, its build."""
-    from runner.spec import load_all, load_job
-
     users: dict[str, set[str]] = {}
-    for spec in load_all()[0]:
-        for resolved in [spec, *(load_job(spec.name, profile=p) for p in spec.profiles)]:
-            if resolved.image and (used := image_name_for(resolved.image)):
-                label = resolved.name + (f" ({resolved.profile})" if resolved.profile else "")
-                users.setdefault(used, set()).add(label)
+    for resolved in catalog_specs():
+        if resolved.image and (used := image_name_for(resolved.image)):
+            label = resolved.name + (f" ({resolved.profile})" if resolved.profile else "")
+            users.setdefault(used, set()).add(label)
     rows = []
     for name, image in sorted(known_images(root).items()):
         ref = f"{image.repository}:latest"

@@ -6,12 +6,17 @@ they are parsed instead (every instruction known, ``FROM`` on ``ARG BASE_IMAGE``
 pip/uv/git version pinned, no secret-looking ``ENV``/``ARG``). base and franka-embedded are
 built through ``runner``'s own builder on a locally made base (see conftest.py), and the
 images it makes are searched for the secrets that were in the builder's environment.
+Beside them: the LeRobot lock against LeRobot's own ranges, the program images' repository
+and ref build arguments, and the fork notes ``runner image build`` prints for the jobs.
 """
 
 from __future__ import annotations
 
+import email
+import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -21,18 +26,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from runner.errors import RunnerError, UsageError
+from runner.launch import images as images_module
 from runner.launch.images import (
     CONTEXT_TAG_PREFIX,
+    PROGRAM_BUILD_ARGS,
+    BuildResult,
     build_context,
     build_image,
+    catalog_specs,
+    fork_build,
+    fork_notice,
     image_name_for,
     known_images,
     parse_build_args,
     push_image,
 )
-from runner.spec import load_all, load_job
+from runner.spec import JobSpec, load_all, load_job
 from tests.conftest import REPO, RUNNER_BIN
 from tests.launch.conftest import BUILD_SECRETS, BuiltImages
 
@@ -234,8 +249,10 @@ def test_every_job_image_is_one_runner_builds() -> None:
     }
     assert "runner/franka-embedded:latest" in refs
     for ref in refs:
-        assert image_name_for(ref) in images, f"{ref}: no images/ folder or variant builds it"
-    assert images["lerobot-pi0"].build_args == {"POLICY": "pi0"}
+        assert image_name_for(ref) in images, f"{ref}: no images/ folder builds it"
+    # One LeRobot image serves act, smolvla and pi0 (the lock has the pi extra).
+    assert "lerobot-pi0" not in images
+    assert not (IMAGES / "lerobot" / "train.sh").exists()
 
 
 def test_the_context_is_the_image_folder_and_runner_source_only(tmp_path: Path) -> None:
@@ -262,6 +279,282 @@ def test_build_arguments_refuse_secrets_and_bad_syntax() -> None:
         parse_build_args(["HF_TOKEN=hf_x"])
     with pytest.raises(UsageError, match="expected KEY=VALUE"):
         parse_build_args(["novalue"])
+
+
+# --------------------------------------------------------------------------- lerobot
+
+LOCK = IMAGES / "lerobot" / "requirements.txt"
+#: LeRobot 0.6.1's own ranges (shared/reference/trainers.md, from its wheel's metadata:
+#: ``Requires-Dist: torch<2.12.0,>=2.7``, ``torchvision<0.27.0,>=0.22.0`` and, through the
+#: ``dataset`` extra, ``av<16.0.0,>=15.0.0``; ``Requires-Python: >=3.12``).
+LEROBOT_RANGES = {"torch": ">=2.7,<2.12", "torchvision": ">=0.22,<0.27", "av": ">=15,<16"}
+#: The extras the image is for: training (= dataset + accelerate + wandb), smolvla, pi.
+LEROBOT_EXTRAS = ("training", "smolvla", "pi")
+#: A platform the lock is for (the image's): markers are evaluated in it.
+LOCK_ENVIRONMENT = {
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+
+
+def _ready_lerobot_venv() -> Path | None:
+    """The venv ``scripts/setup-lerobot-env.sh`` prints, when it is built already (never builds).
+
+    Read at import, before the tests' hermetic HOME: the same places the script looks.
+    """
+    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
+    if given := os.environ.get("RUNNER_LEROBOT_VENV"):
+        candidates = [Path(given)]
+    else:
+        home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        caches = [Path(os.environ.get("RUNNER_CI_CACHE") or "/var/cache/runner-ci")]
+        candidates = [c / f"lerobot-{digest}" for c in [*caches, home_cache / "runner-ci"]]
+    for venv in candidates:
+        stamp = venv / ".runner-lerobot"
+        if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == digest:
+            return venv
+    return None
+
+
+LEROBOT_VENV = _ready_lerobot_venv()
+
+
+def _lock() -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for raw in LOCK.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)", line)
+        assert match, f"requirements.txt: {line!r} is not NAME==VERSION"
+        name = canonicalize_name(match.group(1))
+        assert name not in pins, f"requirements.txt: {name} pinned twice"
+        pins[name] = Version(match.group(2))
+    return pins
+
+
+def _code(dockerfile: Path) -> str:
+    """The Dockerfile's instructions, comments left out."""
+    return "\n".join(f"{word} {args}" for word, args in _instructions(dockerfile))
+
+
+def test_the_lerobot_image_installs_the_lock_and_names_no_version_of_its_own() -> None:
+    dockerfile = IMAGES / "lerobot" / "Dockerfile"
+    steps = _instructions(dockerfile)
+    code = _code(dockerfile)
+    copies = {shlex.split(a)[-1]: shlex.split(a)[0] for w, a in steps if w == "COPY"}
+    assert copies == {"/opt/runner-build/lerobot-requirements.txt": "requirements.txt"}
+    installs = [
+        shlex.split(part.strip())
+        for w, a in steps
+        if w == "RUN"
+        for part in a.split("&&")
+        if re.search(r"\bpip3? install\b", part)
+    ]
+    # One install: the lock, resolved as usual (no --no-deps: torch's CUDA wheels come along).
+    assert installs == [["/opt/venv/bin/pip", "install", "-q", "-r",
+                         "/opt/runner-build/lerobot-requirements.txt"]]  # fmt: skip
+    assert "uv " not in code and "--no-deps" not in code
+    # No version named here: no specifier, no ARG but the base, no git or URL pin.
+    assert not re.search(r"[A-Za-z][\w.\-\]]*\s*(==|>=|<=|~=|!=|<|>)\s*v?\d", code), code
+    assert [a.split("=")[0] for w, a in steps if w == "ARG"] == ["BASE_IMAGE"]
+    assert "git+" not in code and "@" not in code
+    assert "lerobot-train --help" in code  # the build fails where LeRobot does not start
+    assert "(3, 12)" in code  # the lock is for Python 3.12: another base fails at once
+    assert "ffmpeg" in code and "VIDEO_BACKEND=pyav" in code
+    assert "train.sh" not in code and "POLICY" not in code
+
+
+def test_the_lock_pins_every_line_and_fits_lerobots_ranges() -> None:
+    pins = _lock()
+    assert pins["lerobot"] == Version("0.6.1")
+    for name, ranges in LEROBOT_RANGES.items():
+        assert pins[name] in SpecifierSet(ranges), f"{name}=={pins[name]} not in {ranges}"
+    assert pins["torch"] == Version("2.11.0")
+    # The extras' packages are in it: dataset (datasets, av), training (accelerate,
+    # wandb), smolvla (transformers, num2words), pi (transformers, scipy).
+    for name in ("datasets", "av", "accelerate", "wandb", "transformers", "num2words", "scipy"):
+        assert name in pins, f"requirements.txt lacks {name}"
+
+
+@pytest.mark.skipif(LEROBOT_VENV is None, reason="no LeRobot venv (scripts/setup-lerobot-env.sh)")
+def test_the_lock_satisfies_lerobots_own_metadata() -> None:
+    """Every requirement of lerobot[training,smolvla,pi] in its installed wheel's metadata."""
+    assert LEROBOT_VENV is not None
+    found = sorted(LEROBOT_VENV.glob("lib/python3*/site-packages/lerobot-*.dist-info/METADATA"))
+    assert len(found) == 1, found
+    metadata = email.message_from_string(found[0].read_text(encoding="utf-8"))
+    assert metadata["Version"] == "0.6.1"
+    assert Version("3.12") in SpecifierSet(metadata["Requires-Python"])
+    requires = [Requirement(r) for r in metadata.get_all("Requires-Dist") or []]
+    wanted: dict[str, SpecifierSet] = {}
+    extras, seen = ["", *LEROBOT_EXTRAS], set()
+    while extras:
+        extra = extras.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for req in requires:
+            if req.marker is None:
+                applies = extra == ""
+            else:
+                applies = req.marker.evaluate({**LOCK_ENVIRONMENT, "extra": extra})
+            if not applies:
+                continue
+            package = str(canonicalize_name(req.name))
+            if package == "lerobot":
+                extras.extend(req.extras)
+            else:
+                wanted[package] = wanted.get(package, SpecifierSet()) & req.specifier
+    assert {"dataset", "av-dep", "transformers-dep", "scipy-dep"} <= seen
+    pins = _lock()
+    for package, specifier in sorted(wanted.items()):
+        assert package in pins, f"requirements.txt lacks {package}{specifier} (LeRobot needs it)"
+        assert pins[package] in specifier, f"{package}=={pins[package]}: LeRobot wants {specifier}"
+    for package, ranges in LEROBOT_RANGES.items():  # the ranges cited above are LeRobot's
+        assert wanted[package] == SpecifierSet(ranges), (package, str(wanted[package]))
+
+
+# --------------------------------------------------------------------------- program images
+
+UPSTREAM = {
+    "dino-wm": "https://github.com/gaoyuezhou/dino_wm",
+    "openpi": "https://github.com/Physical-Intelligence/openpi",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAM_BUILD_ARGS))
+def test_program_images_take_repo_and_ref_with_an_upstream_commit(name: str) -> None:
+    repo_arg, ref_arg = PROGRAM_BUILD_ARGS[name]
+    steps = _instructions(IMAGES / name / "Dockerfile")
+    args: dict[str, str] = {}
+    for word, rest in steps:
+        if word == "ARG":
+            args.update(_assignments(rest))
+    assert args[repo_arg] == UPSTREAM[name]
+    assert SHA.match(args[ref_arg]), f"{ref_arg}={args[ref_arg]!r}: not a 40-hex commit"
+    labels = {k: v for w, a in steps if w == "LABEL" for k, v in _assignments(a).items()}
+    assert labels == {
+        "runner.program.repo": f"${{{repo_arg}}}",
+        "runner.program.ref": f"${{{ref_arg}}}",
+    }
+    runs = " ".join(a for w, a in steps if w == "RUN")
+    assert "git clone" in runs and f"${{{repo_arg}}}" in runs
+    assert f"checkout --detach ${{{ref_arg}}}" in runs
+    assert "COMMIT" not in _code(IMAGES / name / "Dockerfile")  # the old names are gone
+
+
+def _job(name: str = "cube", **program: Any) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "name": name,
+            "image": "runner/dino-wm:latest",
+            "command": "python train.py env=franka_cube_stack",
+            "program": {"kind": "dino_wm", **program},
+        }
+    )
+
+
+FORK = "conf/env/franka_cube_stack.yaml and datasets/franka_cube_stack_dset.py are in your fork"
+FORK_REPO = "https://github.com/me/dino_wm"
+FORK_REF = "1" * 40
+
+
+def test_the_fork_notice_says_what_to_build_for_a_job_without_its_fork() -> None:
+    assert fork_notice(_job(fork=FORK)) == (
+        f"note: cube needs a fork: {FORK}; build with --build-arg DINO_WM_REPO=<url> "
+        "--build-arg DINO_WM_REF=<sha>"
+    )
+    assert fork_notice(_job()) is None  # upstream is enough
+    assert fork_notice(_job(fork=FORK, repo=FORK_REPO)) is None  # it names its fork
+    openpi = JobSpec.model_validate(
+        {"name": "p", "image": "runner/openpi:latest", "command": "x",
+         "program": {"kind": "openpi", "fork": "pi0_so101 is only in my fork"}}
+    )  # fmt: skip
+    assert fork_notice(openpi) == (
+        "note: p needs a fork: pi0_so101 is only in my fork; build with "
+        "--build-arg OPENPI_REPO=<url> --build-arg OPENPI_REF=<sha>"
+    )
+    hosted = JobSpec.model_validate(
+        {"name": "h", "image": "ghcr.io/me/wm:1", "command": "x", "program": {"fork": "mine"}}
+    )
+    assert fork_notice(hosted) == "note: h needs a fork: mine"  # not an image runner builds
+
+
+def test_fork_build_notes_each_job_and_passes_the_fork_a_job_names() -> None:
+    plain, needs = _job("plain"), _job("needs", fork=FORK)
+    assert fork_build("dino-wm", {}, [plain]) == images_module.ForkBuild({}, [])
+    assert fork_build("lerobot", {}, [needs]).notes == []  # not this image's job
+    assert fork_build("dino-wm", {}, [needs, needs]).notes == [fork_notice(needs)]
+    # The user's repository: no note, nothing added.
+    given = {"DINO_WM_REPO": FORK_REPO, "DINO_WM_REF": FORK_REF}
+    assert fork_build("dino-wm", given, [needs]) == images_module.ForkBuild({}, [])
+    (half,) = fork_build("dino-wm", {"DINO_WM_REPO": FORK_REPO}, [needs]).notes
+    assert "without DINO_WM_REF" in half
+    # A job that names its fork: those become the build arguments, in one line.
+    named = _job("named", fork=FORK, repo=FORK_REPO, ref=FORK_REF)
+    plan = fork_build("dino-wm", {}, [named, needs, plain])
+    assert plan.build_args == given
+    assert plan.notes == [
+        f"note: named needs a fork: {FORK}; building its program.repo and program.ref: "
+        f"--build-arg DINO_WM_REPO={FORK_REPO} --build-arg DINO_WM_REF={FORK_REF}",
+        fork_notice(needs),
+    ]
+    # The user's ref wins over the job's.
+    plan = fork_build("dino-wm", {"DINO_WM_REF": "2" * 40}, [named])
+    assert plan.build_args == {"DINO_WM_REPO": FORK_REPO, "DINO_WM_REF": "2" * 40}
+    # A repo without a ref is not guessed at; two different forks: none is chosen.
+    unpinned = _job("unpinned", fork=FORK, repo=FORK_REPO)
+    plan = fork_build("dino-wm", {}, [unpinned])
+    assert plan.build_args == {}
+    assert plan.notes == [
+        f"note: unpinned needs a fork: {FORK}; its program.repo has no program.ref: build "
+        f"with --build-arg DINO_WM_REPO={FORK_REPO} --build-arg DINO_WM_REF=<sha>"
+    ]
+    other = _job("other", fork=FORK, repo="https://github.com/you/dino_wm", ref="3" * 40)
+    plan = fork_build("dino-wm", {}, [named, other])
+    assert plan.build_args == {}
+    assert all("the jobs name different forks, so none is passed" in n for n in plan.notes)
+    assert len(plan.notes) == 2
+
+
+def test_the_build_command_prints_the_notes_and_passes_the_fork(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.cli.image import build
+
+    named = _job("named", fork=FORK, repo=FORK_REPO, ref=FORK_REF)
+    seen: dict[str, Any] = {}
+
+    def fake_build(name: str, **kwargs: Any) -> BuildResult:
+        seen.update(kwargs, name=name)
+        return BuildResult(f"runner/{name}:latest", "sha256:" + "0" * 64, 1.0, False, 1, "h")
+
+    monkeypatch.setattr(images_module, "build_image", fake_build)
+    monkeypatch.setattr(images_module, "catalog_specs", lambda: [named, _job("needs", fork=FORK)])
+    build("dino-wm", None, None, "latest", ["TORCH_SPEC=torch==2.3.0"], False, False, False)
+    err = capsys.readouterr().err
+    assert seen["name"] == "dino-wm"
+    assert seen["build_args"] == {
+        "DINO_WM_REPO": FORK_REPO, "DINO_WM_REF": FORK_REF, "TORCH_SPEC": "torch==2.3.0"
+    }  # fmt: skip
+    assert f"note: named needs a fork: {FORK}; building its program.repo" in err
+    assert f"note: needs needs a fork: {FORK}; build with --build-arg DINO_WM_REPO=<url>" in err
+
+
+def test_the_catalogs_fork_notes_are_one_line_each() -> None:
+    specs = catalog_specs()
+    assert {s.name for s in specs} >= {"franka_cube_stack", "act_so101"}
+    assert any(s.profile == "embedded" for s in specs)
+    for name in PROGRAM_BUILD_ARGS:
+        for note in fork_build(name, {}, specs).notes:
+            assert "\n" not in note and note.startswith("note: ")
 
 
 def _runner(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
