@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,9 @@ from runner.constants import HERMETIC_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER_BIN = Path(sys.executable).parent / "runner"
+#: The environment pytest started in, before any test's hermetic HOME: the places
+#: scripts/setup-lerobot-env.sh looks for Python 3.12 and its venv cache.
+_STARTUP_ENV = dict(os.environ)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,3 +50,22 @@ def _hermetic(
 def subprocess_env() -> dict[str, str]:
     """The environment for a real subprocess of runner: the test's hermetic one."""
     return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def lerobot_venv() -> Path:
+    """The LeRobot 0.6.1 venv (Python 3.12) of scripts/setup-lerobot-env.sh; the first use on
+    a machine builds it (minutes, about 5 GB), later ones find it cached.
+
+    Skipped where Python 3.12 is missing, except under CI (``CI`` set), where it fails.
+    """
+    script = REPO / "scripts" / "setup-lerobot-env.sh"
+    result = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=_STARTUP_ENV, timeout=1800
+    )
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        if "needs Python 3.12" in result.stderr and not _STARTUP_ENV.get("CI"):
+            pytest.skip(f"no LeRobot venv: {lines[0].removeprefix('error: ')}")
+        pytest.fail(f"{script.name} failed:\n" + "\n".join(lines[-20:]), pytrace=False)
+    return Path(result.stdout.strip().splitlines()[-1])

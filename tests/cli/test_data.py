@@ -63,10 +63,10 @@ def test_check_lists_every_problem_and_exits_1(
 
 
 def test_check_a_layout_without_a_checker(ds: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["data", "check", "act_so101", str(ds)])
+    rc = main(["data", "check", "robomimic_can", str(ds)])
     out, err = capsys.readouterr()
     assert (rc, out) == (2, "")
-    assert err == "error: no dataset checker for layout lerobot (job act_so101)\n"
+    assert err == "error: no dataset checker for layout robomimic (job robomimic_can)\n"
 
 
 def test_check_an_unknown_job(ds: Path, capsys: pytest.CaptureFixture[str]) -> None:
