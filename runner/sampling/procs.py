@@ -187,6 +187,10 @@ class ProcessSnapshot:
     #: ``cpu_delta_s`` over the wall time between the two samples, in percent of
     #: one core (a process with 4 busy threads shows ~400); ``None`` with it.
     cpu_percent: float | None
+    #: Bytes it handed to ``write()`` since the previous sample (``wchar`` of
+    #: ``/proc/PID/io``: files, pipes and sockets alike); ``None`` on first sight,
+    #: where the kernel does not say, or when access is denied.
+    write_delta_bytes: int | None = None
 
     @property
     def is_zombie(self) -> bool:
@@ -207,6 +211,7 @@ class ProcessSnapshot:
             "cpu_time_s": self.cpu_time_s,
             "cpu_delta_s": self.cpu_delta_s,
             "cpu_percent": self.cpu_percent,
+            "write_delta_bytes": self.write_delta_bytes,
         }
 
     @classmethod
@@ -224,6 +229,7 @@ class ProcessSnapshot:
             cpu_time_s=data["cpu_time_s"],
             cpu_delta_s=data["cpu_delta_s"],
             cpu_percent=data["cpu_percent"],
+            write_delta_bytes=data.get("write_delta_bytes"),
         )
 
 
@@ -291,6 +297,11 @@ class _Seen:
     create_time: float
     cpu_time_s: float
     at: float  # time.monotonic()
+    written: int | None = None  # write_chars, cumulative
+
+
+#: psutil reads /proc/PID/io where the platform has it (Linux, Windows; not macOS).
+_HAS_IO: Final = hasattr(psutil.Process, "io_counters")
 
 
 class ProcessTreeSampler:
@@ -411,6 +422,7 @@ class ProcessTreeSampler:
                 times = _field(proc.cpu_times, None)
                 mem = _field(proc.memory_info, None)
                 argv = _field(proc.cmdline, None)
+                io = _field(proc.io_counters, None) if _HAS_IO else None
         except psutil.NoSuchProcess:
             # Gone mid-walk (ZombieProcess is caught field by field above).
             return None
@@ -421,13 +433,18 @@ class ProcessTreeSampler:
         if times is not None and not isinstance(times, _ZombieMarker):
             cpu = times.user + times.system
         delta = percent = None
+        written = getattr(io, "write_chars", None)
+        written_delta = None
         prev = self._seen.get(proc.pid)
+        same = prev is not None and prev.create_time == created
         if cpu is not None:
-            if prev is not None and prev.create_time == created:
+            if prev is not None and same:
                 delta = max(0.0, cpu - prev.cpu_time_s)
                 elapsed = now_mono - prev.at
                 percent = 100.0 * delta / elapsed if elapsed > 0 else None
-            seen[proc.pid] = _Seen(created, cpu, now_mono)
+            seen[proc.pid] = _Seen(created, cpu, now_mono, written)
+        if prev is not None and same and written is not None and prev.written is not None:
+            written_delta = max(0, written - prev.written)
         if isinstance(argv, _ZombieMarker):
             cmdline: str | None = ""
         elif argv is None:
@@ -446,6 +463,7 @@ class ProcessTreeSampler:
             cpu_time_s=cpu,
             cpu_delta_s=delta,
             cpu_percent=percent,
+            write_delta_bytes=written_delta,
         )
 
     def _redacted(self, argv: tuple[str, ...]) -> str:

@@ -43,8 +43,8 @@ MIN_KNOWN_INTERVALS = 5
 #: Intervals seen after the first step before the learned limit replaces the
 #: start-up one: the first steps include compilation and cuDNN autotuning.
 WARMUP_INTERVALS = 3
-#: Net growth of used space on the checkpoint disk above which a checkpoint is
-#: taken to be being written (for log-parsed progress, which has no phase).
+#: Bytes per second the training tree writes above which a checkpoint is taken
+#: to be being written (for log-parsed progress, which has no phase).
 CHECKPOINT_WRITE_BPS = 8 * MIB
 #: Seconds after the last such write during which the job still counts as checkpointing.
 CHECKPOINT_LINGER_S = 15.0
@@ -490,10 +490,13 @@ def checkpoint_disk(sample: Sample) -> DiskSnapshot | None:
 class CheckpointWatch:
     """Whether the job is writing a checkpoint now.
 
-    The harness says so (phase ``checkpoint``); for log-parsed progress a write
-    rate above :data:`CHECKPOINT_WRITE_BPS` on the checkpoint disk stands in.
-    Saving sends no heartbeats (NVRx) and leaves the GPU idle, so stall, power
-    and disk checks must not read it as a failure.
+    The harness says so (phase ``checkpoint``); for log-parsed progress the
+    training tree's own writes stand in: more than :data:`CHECKPOINT_WRITE_BPS`
+    handed to ``write()`` by its processes this tick. The disk's write rate
+    would not do: any other writer on that disk (another container on the host,
+    a shared ``/dev/shm``) would hold off stall detection for up to
+    ``checkpoint_timeout_s``. Saving sends no heartbeats (NVRx) and leaves the
+    GPU idle, so stall, power and disk checks must not read it as a failure.
     """
 
     def __init__(self) -> None:
@@ -503,16 +506,22 @@ class CheckpointWatch:
         if obs.progress.phase == "checkpoint":
             self._active_at = obs.now
             return True
-        if obs.progress.source == "harness":
-            # The harness says when it saves; inferring saves from disk writes
-            # would let any other writer on that disk (a shared /dev/shm, another
-            # job) hold off stall detection for up to checkpoint_timeout_s.
-            return self._active_at is not None and obs.now - self._active_at <= CHECKPOINT_LINGER_S
-        disk = checkpoint_disk(obs.sample)
-        rate = None if disk is None else num(disk.write_rate_bps)
-        if rate is not None and rate >= CHECKPOINT_WRITE_BPS:
-            self._active_at = obs.now
+        if obs.progress.source != "harness":
+            rate = tree_write_rate(obs.sample.procs)
+            if rate is not None and rate >= CHECKPOINT_WRITE_BPS:
+                self._active_at = obs.now
         return self._active_at is not None and obs.now - self._active_at <= CHECKPOINT_LINGER_S
+
+
+def tree_write_rate(tree: ProcessTree | None) -> float | None:
+    """Bytes per second the process tree wrote this tick (``None`` when not known)."""
+    if tree is None or not tree.processes:
+        return None
+    wall = num(tree.interval_s)
+    deltas = [p.write_delta_bytes for p in tree.processes if p.write_delta_bytes is not None]
+    if wall is None or wall <= 0 or not deltas:
+        return None
+    return sum(deltas) / wall
 
 
 # -- logs ------------------------------------------------------------------------

@@ -58,13 +58,21 @@ class StallDetector:
       after the harness says ``done``/``failed``, the same.
 
     Past the limit: critical, action ``restart`` (the supervisor dumps stacks
-    first). After a device OOM line since the last step, both limits below
+    first); except while the training tree is still busy (it uses CPU, or its
+    GPUs are busy) with nothing to confirm a hang: a slow step is no hang, so
+    a ``warning`` with action ``dump`` comes at the limit (the stacks show where
+    it is) and the restart only at ``busy_stall_factor`` x the limit.
+
+    After a device OOM line since the last step, both limits below
     are ``confirm_s`` longer: the ``oom`` detector owns that silence (a job
     that stops stepping after an OOM is stopped, not restarted into the same
     OOM) and reports it when the confirmed limit is reached; this is the
-    backstop. Confirmed sooner, once :data:`MIN_KNOWN_INTERVALS` intervals are
-    known and the silence exceeds ``stall_factor`` x the longest one and
-    ``confirm_s``, when for the last ``confirm_s`` a second signal agrees:
+    backstop. Confirmed sooner, once a step has been seen and the silence
+    exceeds ``confirm_s`` and (once :data:`MIN_KNOWN_INTERVALS` intervals are
+    known) ``stall_factor`` x the longest one, when for the last ``confirm_s`` a
+    second signal agrees. In the warm-up a flat CPU counts only with the job's
+    GPUs quiet or absent (a GPU busy autotuning leaves the CPU waiting); users'
+    real deadlocks often come in the first minutes:
 
     - the whole process tree used < :data:`CPU_FLAT_CORES` cores (a deadlock
       uses no CPU), or
@@ -103,6 +111,7 @@ class StallDetector:
         self._quiet_reasons: set[str] = set()
         self._gpu_busy_seen = False
         self._stalled_since: float | None = None
+        self._busy_warned_at: float | None = None
         self._oom_since_step = False
 
     def observe(self, obs: Observation) -> Sequence[Event]:
@@ -131,6 +140,19 @@ class StallDetector:
         self._worker_cpu.add(now, cpu_of(tree, workers(obs.sample)))
         checkpointing = self._ckpt.update(obs)
 
+        if self._busy_warned_at is not None and advanced and self._stalled_since is None:
+            warned = now - self._busy_warned_at
+            self._busy_warned_at = None
+            return [
+                make_event(
+                    obs,
+                    "stall",
+                    "info",
+                    f"steps resumed at step {obs.progress.step} {duration(warned)} after the "
+                    "slow-step warning: it was slow, not hung",
+                    {"step": obs.progress.step, "since_warning_s": round(warned, 1)},
+                )
+            ]
         if self._stalled_since is not None:
             if advanced:
                 stalled = now - self._stalled_since
@@ -179,16 +201,23 @@ class StallDetector:
         confirmed_by: list[str] = []
         tree_cores = self._tree_cpu.rate(obs.now, w.confirm_s)
         worker_cores = self._worker_cpu.rate(obs.now, w.confirm_s)
+        # In the warm-up the intervals say little (tqdm's monitor thread redraws a frozen
+        # bar 10-20 s later, which reads as one slow step): a tree with no CPU and no busy
+        # GPU for confirm_s is confirmed whatever they say.
+        early = basis == "warmup" or known < MIN_KNOWN_INTERVALS
         if (
-            basis == "learned"
-            and longest is not None
-            and known >= MIN_KNOWN_INTERVALS
-            and silence > w.stall_factor * longest + defer
+            basis in ("learned", "warmup")
+            and (early or longest is None or silence > w.stall_factor * longest + defer)
             and silence >= w.confirm_s + defer
         ):
-            if tree_cores is not None and tree_cores < CPU_FLAT_CORES:
+            gpus_quiet = self._quiet.held(obs.now) >= w.confirm_s and self._gpu_busy_seen
+            if (
+                tree_cores is not None
+                and tree_cores < CPU_FLAT_CORES
+                and (not early or not self._job_gpus or gpus_quiet)
+            ):
                 confirmed_by.append("cpu_flat")
-            if self._quiet.held(obs.now) >= w.confirm_s and self._gpu_busy_seen:
+            if gpus_quiet:
                 has_workers = bool(workers(obs.sample))
                 if not has_workers or (worker_cores is not None and worker_cores < CPU_FLAT_CORES):
                     confirmed_by.extend(self._gpu_signals())
@@ -196,6 +225,42 @@ class StallDetector:
                         confirmed_by.append("workers_flat")
         if not confirmed_by and silence <= limit:
             return []
+        busy = not confirmed_by and self._tree_busy(obs, tree_cores)
+        hard_limit = limit * w.busy_stall_factor
+        if busy and silence <= hard_limit:
+            if self._busy_warned_at is not None:
+                return []
+            self._busy_warned_at = obs.now
+            evidence = self._evidence(obs, tree_cores, worker_cores)
+            evidence.update(
+                {
+                    "confirmed": False,
+                    "busy": True,
+                    "silence_s": round(silence, 1),
+                    "limit_s": round(limit, 1),
+                    "restart_at_s": round(hard_limit, 1),
+                    "basis": basis,
+                    "longest_interval_s": None if longest is None else round(longest, 3),
+                    "intervals_known": known,
+                }
+            )
+            where = f"step {progress.step}" if stepped else "before the first step"
+            doing = self._busy_words(tree_cores)
+            return [
+                make_event(
+                    obs,
+                    "stall",
+                    "warning",
+                    f"no step for {duration(silence)} ({where}), over the {duration(limit)} "
+                    f"{_BASIS_WORDS[basis]} limit, but the job is busy ({doing}): "
+                    f"stacks are dumped now; it restarts if no step comes within "
+                    f"{duration(hard_limit)} (watchdog.busy_stall_factor {w.busy_stall_factor:g})",
+                    evidence,
+                    "dump",
+                )
+            ]
+        if busy:
+            limit = hard_limit
         evidence = self._evidence(obs, tree_cores, worker_cores)
         evidence.update(
             {
@@ -225,6 +290,19 @@ class StallDetector:
                 "its newest checkpoint"
             )
         return [make_event(obs, "stall", "critical", message, evidence, "restart")]
+
+    def _tree_busy(self, obs: Observation, tree_cores: float | None) -> bool:
+        """Whether the training tree still works: it uses CPU, or a GPU of the job is busy."""
+        if tree_cores is not None and tree_cores >= CPU_FLAT_CORES:
+            return True
+        w = self.watchdog
+        return any(gpu_busy(g, self._busy, w.power_collapse_fraction) for g in self._job_gpus)
+
+    @staticmethod
+    def _busy_words(tree_cores: float | None) -> str:
+        if tree_cores is not None and tree_cores >= CPU_FLAT_CORES:
+            return f"its processes use {tree_cores:.2f} cores"
+        return "its GPU is busy"
 
     def _gpu_signals(self) -> list[str]:
         reasons = self._quiet_reasons
