@@ -134,22 +134,72 @@ class OverrideSpec(_Model):
 
 
 class ProgressSpec(_Model):
-    """How the agent reads step progress from a script that does not use the harness."""
+    """How the agent reads step progress from a script that does not use the harness.
 
-    pattern: str | None = Field(None, description="regex with a named group 'step'")
+    ``pattern`` is one regular expression or several, each searched in every
+    output line (a tqdm redraw is a line). Named groups:
+
+    - ``step``: the step, digits with an optional K/M/B suffix (LeRobot prints
+      ``step:1K`` for 1000-1499: a *coarse* reading, worth ``line_every`` steps
+      per line between changes of the printed value);
+    - ``bar``: a progress bar's position counted from the step the attempt
+      resumed from (LeRobot's tqdm bar restarts at 0 on a resume);
+    - ``epoch`` with ``step`` and ``total``: a per-epoch counter (DINO WM's
+      ``Epoch 3 Train: 450/1000``), made absolute as ``epoch x total + step``;
+    - ``loss``, ``grad_norm``: read as metrics for the training-health detectors.
+    """
+
+    pattern: str | list[str] | None = Field(
+        None, description="regex (or list of them) with a named group 'step' or 'bar'"
+    )
+    line_every: int | None = Field(
+        None,
+        ge=1,
+        description="steps between two lines of a coarse 'step' pattern (LeRobot's log_freq); "
+        "learned from exact readings when not given",
+    )
+    first_epoch: int = Field(0, ge=0, description="number of the first epoch (per-epoch counters)")
+
+    @property
+    def patterns(self) -> list[str]:
+        """The patterns as a list (none, one or several)."""
+        if self.pattern is None:
+            return []
+        return [self.pattern] if isinstance(self.pattern, str) else list(self.pattern)
 
     @field_validator("pattern")
     @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
+    def _compiles(cls, value: str | list[str] | None) -> str | list[str] | None:
         if value is None:
             return None
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        if "step" not in compiled.groupindex:
-            raise ValueError("the pattern needs a named group (?P<step>...)")
+        for one in [value] if isinstance(value, str) else value:
+            try:
+                compiled = re.compile(one)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+            if not {"step", "bar"} & set(compiled.groupindex):
+                raise ValueError("the pattern needs a named group (?P<step>...) or (?P<bar>...)")
         return value
+
+
+#: Programs runner knows by name: how their job fields, progress and resume work.
+ProgramKind = Literal["generic", "lerobot", "openpi", "dino_wm"]
+
+
+class ProgramSpec(_Model):
+    """The program a job starts, when runner knows it (:mod:`runner.programs`).
+
+    A known program gets the job's fields in its own terms (checkpoint cadence,
+    dataset revision and folder, W&B off without a key, no pushing of its own)
+    and restarts that resume the way it resumes. ``repo`` and ``ref`` are where
+    its image builds it from (openpi, DINO WM); ``fork`` says, in one line, what
+    this job needs that the upstream repository lacks.
+    """
+
+    kind: ProgramKind = "generic"
+    repo: str | None = Field(None, description="git repository the image builds (a fork)")
+    ref: str | None = Field(None, description="commit or tag of repo")
+    fork: str | None = Field(None, description="what the job needs that upstream lacks")
 
 
 class RestartPolicy(_Model):
@@ -193,6 +243,12 @@ class WatchdogSpec(_Model):
     stall_factor: float = Field(5.0, ge=1, description="x the longest recent step interval")
     checkpoint_timeout_s: float = Field(900, gt=0, description="silence allowed while saving")
     confirm_s: float = Field(30, gt=0, description="stall confirmed by GPU or CPU: act after")
+    busy_stall_factor: float = Field(
+        3.0,
+        ge=1,
+        description="an unconfirmed stall while the tree still uses CPU warns and dumps stacks "
+        "at the stall limit and restarts only at this x the limit (a slow step is no hang)",
+    )
     power_collapse_fraction: float = Field(0.35, gt=0, lt=1, description="of busy median")
     power_collapse_s: float = Field(60, gt=0, description="low power for this long")
     thermal_margin_c: float = Field(3, ge=0, description="degrees below the slowdown threshold")
@@ -285,6 +341,7 @@ class JobSpec(_Model):
     hub: HubSpec | None = None
     overrides: OverrideSpec = Field(default_factory=OverrideSpec)
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
+    program: ProgramSpec = Field(default_factory=ProgramSpec)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
     wandb: WandbSpec = Field(default_factory=WandbSpec)

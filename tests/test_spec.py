@@ -67,7 +67,7 @@ def test_robomimic_is_multi_gpu_through_accelerate() -> None:
             ["frameskip=5", "num_hist=3", "training.batch_size=16", "training.batch_size=8"],
             {},
         ),
-        ("pi0_so101", ["STEPS=100"], ["/app/train.sh"], {"STEPS": "100", "BATCH_SIZE": "32"}),
+        ("pi0_so101", ["steps=100"], ["--batch_size=32", "--steps=100"], {}),
         ("act_so101", ["steps=10"], ["--batch_size=8", "--steps=10"], {}),
     ],
 )

@@ -16,6 +16,20 @@ Two sources, one :class:`~runner.agent.observe.Progress`:
   ``inf`` accepted) into the metrics, and the first non-finite one into
   ``Progress.nonfinite`` as the harness reports it.
 
+Counters come in three kinds (:class:`~runner.spec.ProgressSpec` names the
+groups). An *exact* ``step`` is taken as it is. A ``bar`` position is counted
+from the step the attempt resumed from (``base_step`` of :meth:`reset`), as
+LeRobot's tqdm bar restarts at 0 on a resume. A *coarse* ``step`` with a K/M/B
+suffix (LeRobot's ``format_big_number``: ``step:1K`` is any step from 500 to
+1499, rounded half to even) says only a range: each such line is worth
+``line_every`` steps (LeRobot logs every ``log_freq`` steps; learned from the
+exact readings before 1000 when the job does not say), the estimate is kept
+inside the range the printed value allows, and it never goes backwards. While
+an exact source (a bar) is seen, coarse lines only bound the estimate from
+below. A checkpoint found on disk at a later step than the estimate (LeRobot's
+``checkpoints/NNNNNN``, whose ``training_step.json`` says the same) moves it
+there.
+
 A line that repeats the step already seen is no step (tqdm's monitor thread
 redraws a bar that has been still for 10 s: after a freeze, that redraw must
 neither count as progress nor teach a 10-20 s interval). A bar also redraws
@@ -41,6 +55,7 @@ over the steps made in between (at most :data:`HISTORY` kept).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -52,7 +67,7 @@ from typing import Any
 from runner.agent.observe import Progress
 from runner.harness import read_heartbeat
 
-__all__ = ["HISTORY", "LATE_FACTOR", "ProgressTracker"]
+__all__ = ["HISTORY", "LATE_FACTOR", "ProgressTracker", "parse_count"]
 
 #: Recent step intervals and data-wait fractions kept (observe.Progress says 64).
 HISTORY = 64
@@ -76,15 +91,35 @@ class ProgressTracker:
     parsing). Not thread-safe: the supervisor's loop owns it.
     """
 
-    def __init__(self, run_dir: Path | None, pattern: str | None, *, history: int = HISTORY):
+    def __init__(
+        self,
+        run_dir: Path | None,
+        pattern: str | Sequence[str] | None,
+        *,
+        line_every: int | None = None,
+        first_epoch: int = 0,
+        history: int = HISTORY,
+    ):
         self.run_dir = run_dir
-        self.pattern = re.compile(pattern) if pattern else None
+        given = [pattern] if isinstance(pattern, str) else list(pattern or [])
+        self.patterns = [re.compile(p) for p in given if p]
+        self.line_every = line_every
+        self.first_epoch = first_epoch
         self.history = history
         self.reset(0.0)
 
-    def reset(self, attempt_started: float) -> None:
-        """Forget everything: a new attempt started at ``attempt_started`` (wall time)."""
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        """The first pattern (``None`` without any)."""
+        return self.patterns[0] if self.patterns else None
+
+    def reset(self, attempt_started: float, *, base_step: int = 0) -> None:
+        """Forget everything: a new attempt started at ``attempt_started`` (wall time),
+        resuming from ``base_step`` (the step its progress bar counts from)."""
         self.attempt_started = attempt_started
+        self.base_step = base_step
+        self._exact_seen = False
+        self._exact_line_steps: deque[int] = deque(maxlen=8)
         self._source: str = "none"
         self._step: int | None = None
         self._key: tuple[int, ...] | None = None
@@ -138,8 +173,16 @@ class ProgressTracker:
         beat = self._heartbeat()
         if beat is not None:
             self._from_heartbeat(beat)
-        elif self._source != "harness" and self.pattern is not None and lines:
+        elif self._source != "harness" and self.patterns and lines:
             self._from_lines(lines)
+        if (
+            self._source == "log"
+            and checkpoint_step is not None
+            and self._step is not None
+            and checkpoint_step > self._step
+        ):
+            # The program saved a checkpoint past the estimate: it was there at least.
+            self._advance((checkpoint_step,), checkpoint_step)
         made = self._take_made()
         if made is not None and self._source == "log" and self._late(made, now):
             self._unrecorded += made
@@ -210,28 +253,94 @@ class ProgressTracker:
     # -- log lines ---------------------------------------------------------------
 
     def _from_lines(self, lines: Sequence[str]) -> None:
-        assert self.pattern is not None
-        has_epoch = "epoch" in self.pattern.groupindex
         for line in lines:
-            match = self.pattern.search(line)
-            if match is None:
-                continue
-            try:
-                step = int(match.group("step"))
-                epoch = int(match.group("epoch")) if has_epoch and match.group("epoch") else None
-            except (TypeError, ValueError):
-                continue
-            key = (step,) if epoch is None else (epoch, step)
+            for pattern in self.patterns:
+                match = pattern.search(line)
+                if match is not None:
+                    self._from_match(pattern, match)
+
+    def _from_match(self, pattern: re.Pattern[str], match: re.Match[str]) -> None:
+        groups = pattern.groupindex
+        reading = self._reading(match, groups)
+        if reading is not None:
             self._source = "log"
-            if self._advance(key, step):
-                values = {
-                    name: value
-                    for name in _LOG_METRICS
-                    if name in self.pattern.groupindex
-                    and (value := _float(match.group(name))) is not None
-                }
-                if values:
-                    self._metrics = self._health(values, step)
+            self._advance(*reading)
+        values = {
+            name: value
+            for name in _LOG_METRICS
+            if name in groups and (value := _float(match.group(name))) is not None
+        }
+        if values and self._step is not None:
+            self._metrics = self._health(values, self._step)
+
+    def _reading(
+        self, match: re.Match[str], groups: Mapping[str, int]
+    ) -> tuple[tuple[int, ...], int] | None:
+        """The (key, step) a match says, or ``None`` when it says none."""
+        if "bar" in groups and match.group("bar") is not None:
+            bar = _int_text(match.group("bar"))
+            if bar is None:
+                return None
+            self._exact_seen = True
+            step = self.base_step + bar
+            return (max(step, self._step or 0),), max(step, self._step or 0)
+        text = match.group("step") if "step" in groups else None
+        if text is None:
+            return None
+        parsed = parse_count(text)
+        if parsed is None:
+            return None
+        value, unit, resolution = parsed
+        epoch_text = match.group("epoch") if "epoch" in groups else None
+        if epoch_text is not None:
+            epoch = _int_text(epoch_text)
+            total = _int_text(match.group("total")) if "total" in groups else None
+            if epoch is None:
+                return None
+            if total:
+                # A per-epoch counter: absolute steps, never backwards.
+                step = max(0, epoch - self.first_epoch) * total + int(value)
+                step = max(step, self._step or 0)
+                return (step,), step
+            return (epoch, int(value)), int(value)
+        if unit == 1:
+            step = int(value)
+            self._learn_cadence(step)
+            step = max(step, self._step or 0)
+            return (step,), step
+        return self._coarse(value * unit, resolution)
+
+    def _coarse(self, value: float, resolution: float) -> tuple[tuple[int, ...], int] | None:
+        """A rounded reading (``step:1K``): the estimate moved a line cadence, kept in range."""
+        low = math.ceil(value - resolution / 2)
+        high = math.floor(value + resolution / 2)
+        current = self._step if self._step is not None else self.base_step
+        if self._exact_seen:
+            # An exact source counts the steps; the rounded one only bounds them from below.
+            estimate = max(current, low)
+        else:
+            every = self._cadence()
+            if self._step is None and every is None:
+                estimate = max(current, low)
+            else:
+                estimate = current + (every or 0)
+                estimate = min(max(estimate, low), high)
+                estimate = max(estimate, current)
+        if estimate == self._step:
+            return None
+        return (estimate,), estimate
+
+    def _learn_cadence(self, step: int) -> None:
+        if not self._exact_line_steps or step > self._exact_line_steps[-1]:
+            self._exact_line_steps.append(step)
+
+    def _cadence(self) -> int | None:
+        """Steps between two lines of the coarse pattern: the job's, else learned."""
+        if self.line_every is not None:
+            return self.line_every
+        seen = list(self._exact_line_steps)
+        gaps = [b - a for a, b in itertools.pairwise(seen) if b > a]
+        return int(statistics.median(gaps)) if gaps else None
 
     # -- training health ---------------------------------------------------------
 
@@ -308,6 +417,38 @@ def _float(text: str | None) -> float | None:
         return None
     try:
         return float(text)
+    except ValueError:
+        return None
+
+
+_COUNT = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([kKMGB]?)\s*$")
+#: LeRobot's ``format_big_number`` prints K, M, B; tqdm's ``format_sizeof`` k, M, G.
+_UNITS = {"": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "B": 1000**3}
+
+
+def parse_count(text: str) -> tuple[float, int, float] | None:
+    """A printed count: ``(value, unit, resolution)``, or ``None`` for text that is none.
+
+    ``"1K"`` -> ``(1.0, 1000, 1000.0)``: LeRobot's ``format_big_number`` divides
+    by 1000 per suffix and rounds, so ``1K`` is any count from 500 to 1499;
+    ``"1.01k"`` (tqdm's ``format_sizeof``) -> ``(1.01, 1000, 10.0)``;
+    ``"123"`` -> ``(123.0, 1, 1.0)``, exact.
+    """
+    match = _COUNT.match(text)
+    if match is None:
+        return None
+    whole, decimals, suffix = match.groups()
+    unit = _UNITS[suffix]
+    value = float(f"{whole}.{decimals}") if decimals else float(whole)
+    resolution = unit / 10 ** len(decimals or "")
+    return value, unit, resolution
+
+
+def _int_text(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
     except ValueError:
         return None
 

@@ -93,12 +93,15 @@ from runner.agent.restart import (
     set_override,
 )
 from runner.agent.stacks import Blocking, StackDump, dump_tree, find_py_spy, new_dump_dir
+from runner.constants import ENV_DEVICE
 from runner.errors import RunnerError
 from runner.harness import ENV_CHECKPOINT_DIR, ENV_RUN_DIR, latest_checkpoint
+from runner.programs import RunContext, program_for
 from runner.rundir import Action, Event, EventLog, RunState, SampleLog, Status, read_events
 from runner.sampling.procs import redact_cmdline
 
 if TYPE_CHECKING:
+    from runner.hub.discovery import Scanner
     from runner.hub.pusher import Pusher
 from runner.sampling.sample import GpuSnapshotLike, GpuSource, Sample, Sampler, XidEventLike
 from runner.spec import JobSpec, RestartPolicy, WatchdogSpec
@@ -223,6 +226,8 @@ class _CheckpointState:
     #: Changes whenever a new complete checkpoint appears.
     marker: Hashable | None = None
     size_bytes: int | None = None
+    #: The newest complete checkpoint's folder (where the layout says one).
+    path: Path | None = None
 
 
 class _Checkpoints:
@@ -236,6 +241,8 @@ class _Checkpoints:
 
     RESCAN_S = 30.0
     MAX_ENTRIES = 5000
+    #: A foreign checkpoint counts once unchanged this long (its writer gives no sign).
+    SETTLE_S = 5.0
 
     def __init__(self, path: Path | None, layout: str, size_gb: float | None) -> None:
         self.path = path
@@ -244,8 +251,12 @@ class _Checkpoints:
         self._dir_mtime: int | None = None
         self._scanned = -1e9
         self._state = _CheckpointState(size_bytes=self.spec_bytes)
+        self._scanner: Scanner | None = None
 
-    def poll(self) -> _CheckpointState:
+    def poll(self, *, force: bool = False, writer_gone: bool = False) -> _CheckpointState:
+        """The newest complete checkpoint; ``force`` looks again even if nothing seems changed,
+        ``writer_gone`` (the training process has ended) takes what is whole without waiting
+        for it to settle."""
         if self.path is None:
             return self._state
         try:
@@ -253,7 +264,7 @@ class _Checkpoints:
         except OSError:
             mtime = None
         now = time.monotonic()
-        if mtime == self._dir_mtime and now - self._scanned < self.RESCAN_S:
+        if not force and mtime == self._dir_mtime and now - self._scanned < self.RESCAN_S:
             return self._state
         self._dir_mtime, self._scanned = mtime, now
         if mtime is None:
@@ -261,12 +272,34 @@ class _Checkpoints:
         if self.layout == "harness":
             ck = latest_checkpoint(self.path)
             if ck is not None:
-                self._state = _CheckpointState(ck.step, ck.step, ck.size or self.spec_bytes)
+                self._state = _CheckpointState(
+                    ck.step, ck.step, ck.size or self.spec_bytes, ck.path
+                )
+        elif self.layout in ("lerobot", "openpi"):
+            self._scan_foreign(writer_gone)
         else:
             newest = self._newest_mtime()
             if newest is not None:
                 self._state = _CheckpointState(None, newest, self.spec_bytes)
         return self._state
+
+    def _scan_foreign(self, writer_gone: bool) -> None:
+        """LeRobot's and openpi's step folders, complete as :mod:`runner.hub.discovery` says."""
+        from runner.hub.discovery import Scanner
+
+        assert self.path is not None
+        layout: Any = self.layout
+        if writer_gone:
+            scanner = Scanner(layout, self.path, settle_s=0.0)
+        else:
+            if self._scanner is None:
+                self._scanner = Scanner(layout, self.path, settle_s=self.SETTLE_S)
+            scanner = self._scanner
+        latest = scanner.scan().newest
+        if latest is not None:
+            self._state = _CheckpointState(
+                latest.step, latest.step, latest.size or self.spec_bytes, latest.source
+            )
 
     def _newest_mtime(self) -> int | None:
         assert self.path is not None
@@ -381,6 +414,15 @@ class Supervisor:
         self.extra_env = dict(extra_env or {})
         self.cwd = Path(cwd) if cwd else None
         self.dataset = Path(dataset) if dataset else None
+        self.program = program_for(job)
+        merged = {**self.env, **self.extra_env}
+        self._ctx = RunContext(
+            run_dir=self.run_dir,
+            cwd=(self.cwd or Path.cwd()).resolve(),
+            env=merged,
+            dataset=self.dataset,
+            device=merged.get(ENV_DEVICE),
+        )
         self.on_event = on_event
         self.kill_grace_s = kill_grace_s
         self.restart_delay_s = restart_delay_s
@@ -404,7 +446,13 @@ class Supervisor:
         self._events = EventLog(self.run_dir)
         self._samples = SampleLog(self.run_dir)
         self._last_history = 0.0
-        self._progress = ProgressTracker(self.run_dir, job.progress.pattern if job else None)
+        progress = self.program.progress(job, self.command) if job else None
+        self._progress = ProgressTracker(
+            self.run_dir,
+            progress.patterns if progress else None,
+            line_every=progress.line_every if progress else None,
+            first_epoch=progress.first_epoch if progress else 0,
+        )
         layout = job.checkpoints.layout if job else "harness"
         size_gb = job.checkpoints.size_gb if job else None
         self._checkpoints = _Checkpoints(self.checkpoint_dir, layout, size_gb)
@@ -429,6 +477,8 @@ class Supervisor:
         self._pusher: Pusher | None = None
         self._making_space: threading.Thread | None = None
         self._mirror: subprocess.Popen[bytes] | None = None
+        self._base_step = 0
+        self._resume_notes: tuple[str, ...] = ()
 
     # -- set-up ------------------------------------------------------------------
 
@@ -438,6 +488,8 @@ class Supervisor:
         env_dir = self.extra_env.get(ENV_CHECKPOINT_DIR) or self.env.get(ENV_CHECKPOINT_DIR)
         if env_dir:
             return Path(env_dir).resolve()
+        if self.job is not None and (root := self.program.checkpoint_root(self.job, self._ctx)):
+            return root.resolve()
         spec = self.job.checkpoints if self.job else None
         if spec is None or spec.layout == "harness":
             rel = Path(spec.path if spec else "checkpoints")
@@ -510,8 +562,7 @@ class Supervisor:
             self.restart_policy, initial_checkpoint=self._checkpoints.poll().marker
         )
         number = self._first_attempt_number()
-        argv, extra_env = list(self.command), dict(self.extra_env)
-        note = ""
+        argv, extra_env, note = self._first_command()
         self._write_status()
         self._pusher = self._make_pusher()
         if self._pusher is not None:
@@ -695,7 +746,7 @@ class Supervisor:
             max_bytes=self.log_max_bytes,
         )
         started = time.time()
-        self._progress.reset(started)
+        self._progress.reset(started, base_step=self._base_step)
         try:
             proc = subprocess.Popen(
                 _python(argv),
@@ -1041,7 +1092,7 @@ class Supervisor:
         extra_env: dict[str, str] | None = None,
         note: str = "",
     ) -> _Decision:
-        verdict = self._budget.ask(self._checkpoints.poll().marker)
+        verdict = self._budget.ask(self._checkpoints.poll(force=True, writer_gone=True).marker)
         if not verdict.allowed:
             return _Decision(False, "stopped", code, f"{why}; {verdict.reason}")
         self._restarts += 1
@@ -1054,8 +1105,38 @@ class Supervisor:
             return self.job.overrides.style
         return guess_style(argv, env, key)
 
+    def _first_command(self) -> tuple[list[str], dict[str, str], str]:
+        """The first attempt's command: a known program gets the job's fields in its own
+        terms and, when a complete checkpoint is here already, resumes from it."""
+        argv, extra = list(self.command), dict(self.extra_env)
+        self._base_step = 0
+        if self.job is None or self.program.kind == "generic":
+            return argv, extra, ""
+        prepared = self.program.prepare(self.job, argv, extra, self._ctx)
+        argv, extra = self._program_resume(prepared.argv, prepared.env)
+        notes = [*prepared.notes, *self._resume_notes]
+        return argv, extra, "; ".join(notes)
+
+    def _program_resume(
+        self, argv: Sequence[str], env: Mapping[str, str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """``argv`` resuming from the newest complete checkpoint in the program's own terms
+        (its step becomes the base its progress bar counts from)."""
+        assert self.job is not None
+        ck = self._checkpoints.poll(force=True, writer_gone=True)
+        resumed = self.program.resume(self.job, argv, env, ck.path, self._ctx)
+        self._resume_notes = ()
+        if resumed is None:
+            return list(argv), dict(env)
+        self._resume_notes = resumed.notes
+        self._base_step = ck.step if ck.path is not None and ck.step is not None else 0
+        return resumed.argv, resumed.env
+
     def _resume_command(self, attempt: _Attempt) -> tuple[list[str], dict[str, str]]:
-        """The attempt's command with the job's ``resume_args`` set (once)."""
+        """The attempt's command made to resume: in the program's own terms when runner
+        knows it, else with the job's ``resume_args`` set (once)."""
+        if self.job is not None and self.program.kind != "generic":
+            return self._program_resume(attempt.argv, attempt.extra_env)
         argv, extra = list(attempt.argv), dict(attempt.extra_env)
         for item in self.restart_policy.resume_args:
             key, sep, value = item.partition("=")
@@ -1152,7 +1233,7 @@ class Supervisor:
         self._write_status(attempt=attempt)
 
     def _finish(self, attempt: _Attempt, decision: _Decision) -> SupervisorResult:
-        ck = self._checkpoints.poll()
+        ck = self._checkpoints.poll(force=True, writer_gone=True)
         ck_step = ck.step if ck.step is not None else self._progress.progress.checkpoint_step
         parts: list[str] = []
         if decision.state == "finished":

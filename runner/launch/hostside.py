@@ -175,13 +175,12 @@ def start_run(
         fetch_hub_dataset(spec, Path(launch.dataset), say)
     if launch.resume:
         resume_from_hub(spec, run_dir, say)
-    workdir = launch.workdir or spec.workdir
     supervisor = Supervisor(
         list(launch.argv),
         run_dir=run_dir,
         job=spec,
         extra_env=dict(launch.env),
-        cwd=workdir if workdir and Path(workdir).is_dir() else None,
+        cwd=job_cwd(spec, launch, run_dir),
         dataset=launch.dataset,
         on_event=on_event,
     )
@@ -328,14 +327,24 @@ class EndDecision:
     """Complete local checkpoints (steps) the Hub has not confirmed."""
 
 
+def job_cwd(spec: JobSpec, launch: Launch, run_dir: Path) -> Path:
+    """Where the job runs: its workdir where that exists here (in its image), else the run
+    folder, so what a program writes relative to where it runs stays with the run."""
+    workdir = launch.workdir or spec.workdir
+    return Path(workdir) if workdir and Path(workdir).is_dir() else run_dir
+
+
 def _checkpoint_root(spec: JobSpec, launch: Launch, run_dir: Path) -> Path:
+    from runner.programs import RunContext, program_for
+
+    cwd = job_cwd(spec, launch, run_dir)
+    ctx = RunContext(run_dir=run_dir, cwd=cwd, env={})
+    if (root := program_for(spec).checkpoint_root(spec, ctx)) is not None:
+        return root
     path = Path(spec.checkpoints.path)
     if path.is_absolute():
         return path
-    if spec.checkpoints.layout == "harness":
-        return run_dir / path
-    workdir = launch.workdir or spec.workdir
-    return (Path(workdir) if workdir else run_dir) / path
+    return (run_dir if spec.checkpoints.layout == "harness" else cwd) / path
 
 
 def local_complete_steps(spec: JobSpec, launch: Launch, run_dir: Path) -> list[int]:

@@ -102,14 +102,19 @@ def check_dataset(layout: str | None, path: Path) -> None:
     """Raise :class:`DatasetError`, naming the first problems, unless ``path`` fits ``layout``."""
     if not path.is_dir():
         raise DatasetError(f"dataset folder {path} does not exist; pass --data PATH")
-    if layout != "franka":
-        return  # no checker for this layout yet: the job itself will say
-    from runner.data.franka import check_franka
+    if layout == "franka":
+        from runner.data.franka import check_franka
 
-    report = check_franka(path)
-    if not report.ok:
-        shown = "; ".join(f"{p.where}: {p.message}" for p in report.problems[:3])
-        more = len(report.problems) - 3
+        problems = check_franka(path).problems
+    elif layout == "lerobot":
+        from runner.data.lerobot import check_lerobot
+
+        problems = check_lerobot(path).problems
+    else:
+        return  # no checker for this layout yet: the job itself will say
+    if problems:
+        shown = "; ".join(f"{p.where}: {p.message}" for p in problems[:3])
+        more = len(problems) - 3
         tail = f" (+{more} more)" if more > 0 else ""
         raise DatasetError(
             f"dataset {path} is not a valid {layout} dataset: {shown}{tail}; "
@@ -118,7 +123,7 @@ def check_dataset(layout: str | None, path: Path) -> None:
 
 
 def layout_job_hint(layout: str) -> str:
-    return {"franka": "franka_cube_stack"}.get(layout, "JOB")
+    return {"franka": "franka_cube_stack", "lerobot": "act_so101"}.get(layout, "JOB")
 
 
 def resolve_dataset(spec: JobSpec, given: Path | None, say: Say) -> Path | None:
@@ -149,15 +154,17 @@ def resolve_dataset(spec: JobSpec, given: Path | None, say: Say) -> Path | None:
         check_dataset(ds.layout, path)
         say(f"dataset: synthetic, reusing {path}")
         return path.resolve()
-    if ds.layout != "franka":
+    if ds.layout == "franka":
+        from runner.data.franka import synth_franka as make
+    elif ds.layout == "lerobot":
+        from runner.data.lerobot import synth_lerobot as make  # type: ignore[assignment]
+    else:
         raise DatasetError(f"no synthetic dataset for layout {ds.layout!r}; pass --data PATH")
-    from runner.data.franka import synth_franka
-
     say(
         f"no dataset configured: synthesising {synth.episodes} episodes x {synth.steps} steps "
-        f"({synth.image_size}px) at {path}"
+        f"({synth.image_size}px, {ds.layout} layout) at {path}"
     )
-    synth_franka(path, episodes=synth.episodes, steps=synth.steps, image_size=synth.image_size)
+    make(path, episodes=synth.episodes, steps=synth.steps, image_size=synth.image_size)
     return path.resolve()
 
 

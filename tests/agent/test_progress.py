@@ -104,13 +104,13 @@ def test_several_lines_in_one_tick_share_its_time(tmp_path: Path) -> None:
     assert p.step == 4 and p.intervals == pytest.approx((0.5, 0.5, 0.5))
 
 
-def test_epoch_and_step_pattern_counts_a_new_epoch_as_progress() -> None:
+def test_epoch_and_step_pattern_counts_absolute_steps_across_epochs() -> None:
     pattern = r"Epoch (?P<epoch>\d+).*?(?P<step>\d+)/(?P<total>\d+)"
-    tracker = ProgressTracker(None, pattern)
+    tracker = ProgressTracker(None, pattern, first_epoch=1)
     tracker.reset(0.0)
     tracker.update(["Epoch 1: 99/100"], 1.0)
-    p = tracker.update(["Epoch 2: 0/100"], 2.0)  # the counter went back: still a step
-    assert p.step == 0 and p.last_step_time == 2.0 and p.intervals == (1.0,)
+    p = tracker.update(["Epoch 2: 0/100"], 2.0)  # the per-epoch counter went back: one step on
+    assert p.step == 100 and p.last_step_time == 2.0 and p.intervals == (1.0,)
     p = tracker.update(["Epoch 2: 0/100"], 3.0)  # the same line again: no progress
     assert p.last_step_time == 2.0
 

@@ -178,7 +178,7 @@ def test_job_without_local_profile_is_one_line(capsys: pytest.CaptureFixture[str
     assert main(["train", "pi0_so101"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (
-        "error: pi0_so101 runs only in its Docker image runner/lerobot-pi0:latest and has no "
+        "error: pi0_so101 runs only in its Docker image runner/lerobot:latest and has no "
         "embedded profile; start it on a GPU host with its image"
     )
 
