@@ -643,9 +643,16 @@ class Pusher:
             wait = min(wait, max(0.0, failure.next_try - self._clock()))
         return max(0.05, wait)
 
-    def flush(self, timeout_s: float) -> bool:
+    def flush(self, timeout_s: float, *, writer_gone: bool = False) -> bool:
         """Poll until every complete checkpoint is on the Hub or ``timeout_s`` passes (at the
-        end of a run); True when nothing is left to push."""
+        end of a run); True when nothing is left to push.
+
+        ``writer_gone``: the training process has ended, so a foreign checkpoint that is whole
+        counts without waiting ``settle_s`` for it to stop changing (a trainer saves last at
+        its final step, and the run ends right after: that one must be pushed too).
+        """
+        if writer_gone:
+            self._scanner.settle_s = 0.0
         deadline = time.monotonic() + timeout_s
         while True:
             result = self.poll_once()
