@@ -10,14 +10,16 @@ the file and line):
   ``--policy.push_to_hub=false`` (default true, and then ``--policy.repo_id`` is
   required), ``--dataset.revision`` / ``--dataset.root``, ``--dataset.video_backend``,
   ``--wandb.enable``; checkpoints in ``OUTPUT/checkpoints/NNNNNN``; a resume is
-  ``--resume=true --config_path=CKPT/pretrained_model/train_config.json`` (the
-  command line still wins over the saved config, so a halved batch reaches it),
+  ``--resume=true --config_path=CKPT/pretrained_model/train_config.json`` without
+  ``--policy.path`` (which would win over the resume; the command line still wins over
+  the saved config, so a halved batch reaches it),
   and a fresh start refuses an existing output folder (``FileExistsError``);
   progress is the ``step:1K`` INFO line every ``--log_freq`` (default 200) steps
   and the tqdm bar ``Training: 5%| | 1/20``, which counts from the resumed step.
 - ``openpi`` (``scripts/train.py``, tyro): ``--save-interval``, ``--no-wandb-enabled``,
-  ``--resume`` (a bare flag) or ``--overwrite`` (the checkpoint folder is made at
-  start-up: a second start without either is ``FileExistsError``); progress
+  ``--resume`` (a bare flag), or a fresh start with the old folder moved aside (it is made at
+  start-up: a second start without ``--resume`` or ``--overwrite`` is ``FileExistsError``,
+  and ``--overwrite`` deletes it); progress
   ``Step N: grad_norm=..., loss=...`` with the absolute step.
 - ``dino_wm`` (``train.py``, Hydra + accelerate): resumes from
   ``checkpoints/model_latest.pth`` in its Hydra run folder, which is new and
@@ -233,6 +235,12 @@ class LeRobot(Program):
     ) -> Prepared | None:
         out = set_cli(set_cli(argv, "resume", None), "config_path", None)
         if checkpoint is not None:
+            # A pretrained path wins over --resume (configs/train.py
+            # _resolve_pretrained_from_cli): with --policy.path still given, the checkpoint
+            # is never read and lerobot-train fails in load_training_state(None). The saved
+            # train_config.json names the policy and its start already.
+            for path_arg in ("policy.path", "reward_model.path"):
+                out = set_cli(out, path_arg, None)
             config = checkpoint / "pretrained_model" / "train_config.json"
             out = [*out, "--resume=true", f"--config_path={config}"]
             return Prepared(out, dict(env), (f"resuming from {checkpoint.name}",))
@@ -299,9 +307,18 @@ class OpenPi(Program):
         ctx: RunContext,
     ) -> Prepared | None:
         out = set_cli(set_cli(argv, "resume", None), "overwrite", None)
-        # The folder exists from the first start on: resume, or start over explicitly.
-        flag = "resume" if checkpoint is not None else "overwrite"
-        return Prepared(set_cli(out, flag, ""), dict(env))
+        if checkpoint is not None:
+            return Prepared(set_cli(out, "resume", ""), dict(env))
+        # The folder exists from the first start on (FileExistsError without --resume or
+        # --overwrite), and --overwrite deletes it (checkpoints.py rmtree): a folder without
+        # a complete checkpoint is moved aside instead, never deleted, and openpi starts afresh.
+        folder = _rel(Path(job.checkpoints.path), ctx.cwd)
+        notes: tuple[str, ...] = ()
+        if folder.exists():
+            aside = folder.with_name(f"{folder.name}.incomplete-{int(time.time())}")
+            os.replace(folder, aside)
+            notes = (f"{folder} had no complete checkpoint: moved to {aside.name}",)
+        return Prepared(out, dict(env), notes)
 
     def progress(self, job: JobSpec, argv: Sequence[str]) -> ProgressSpec:
         if job.progress.pattern is not None:
@@ -367,6 +384,8 @@ class DinoWm(Program):
         out = []
         if job.checkpoints.every_steps:
             out.append("checkpoints.every_steps (DINO WM saves once per epoch)")
+        if job.checkpoints.every_minutes:
+            out.append("checkpoints.every_minutes (DINO WM saves once per epoch)")
         if job.restart.resume_args:
             out.append("restart.resume_args (DINO WM resumes from its pinned run folder)")
         return out
