@@ -45,6 +45,16 @@ Items, in the order shown:
     that shadow the environment's own, with neither the job's env nor this shell setting
     ``PYTHONNOUSERSITE``, fail. In an image (``docker``, ``vast``): ok when the job's env or
     the image sets ``PYTHONNOUSERSITE=1``, else a warning.
+``ignored.FIELD``
+    One warning per job field the job's program never sees
+    (:meth:`runner.programs.Program.ignored_fields`: e.g. ``checkpoints.every_minutes`` for
+    ``lerobot-train``, which saves every ``--save_freq`` steps); none for generic jobs.
+``fork``
+    A warning when the job runs what its program's upstream lacks (``program.fork``) and
+    names no fork to build (``program.repo``): :func:`runner.launch.images.fork_notice`.
+
+These two only warn: nothing stops the launch; they say what the job asks for that its
+program will not do.
 """
 
 from __future__ import annotations
@@ -64,7 +74,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from runner.errors import RunnerError
+from runner.launch.images import fork_notice
 from runner.launch.local import DeviceChoice, check_dataset, runs_dir
+from runner.programs import program_for
 from runner.rundir import Backend
 from runner.spec import JobSpec
 
@@ -117,7 +129,7 @@ class Item:
     """One pre-flight question and its answer."""
 
     #: Short id: ``dataset``, ``disk``, ``ram``, ``gpu``, ``gpu_busy``, ``secrets``, ``image``,
-    #: ``user_site``; what ``--force`` records.
+    #: ``user_site``, ``ignored.FIELD``, ``fork``; what ``--force`` records.
     key: str
     status: Status
     #: A few words for the checklist ("disk", "GPU memory").
@@ -219,6 +231,8 @@ def check(
         _secrets(ctx),
         _image(ctx),
         _user_site(ctx),
+        *_ignored_fields(ctx),
+        *_fork(ctx),
     ]
     return Report(spec.name, backend, tuple(items))
 
@@ -926,6 +940,50 @@ def _entries(folder: Path) -> Iterator[str]:
         yield from (e.name for e in os.scandir(folder))
     except OSError:
         return
+
+
+# --------------------------------------------------------------------------- the program
+
+#: How the checklist names each known program.
+_PROGRAM_NAMES = {"lerobot": "lerobot-train", "openpi": "openpi", "dino_wm": "DINO WM"}
+
+
+def _ignored_fields(ctx: _Context) -> list[Item]:
+    """One warning per job field the job's program never sees (none for generic jobs)."""
+    program = program_for(ctx.spec)
+    name = _PROGRAM_NAMES.get(program.kind, program.kind)
+    items = []
+    for entry in program.ignored_fields(ctx.spec):
+        # "checkpoints.every_minutes (lerobot-train saves every --save_freq steps)"
+        field, _, why = entry.partition(" (")
+        why = why.removesuffix(")")
+        detail = f"job field {field} does not reach {name}" + (f": {why}" if why else "")
+        items.append(
+            Item(
+                f"ignored.{field}",
+                "warn",
+                "job field",
+                detail,
+                f"say it in {name}'s own terms (its command or config) if it matters",
+            )
+        )
+    return items
+
+
+def _fork(ctx: _Context) -> list[Item]:
+    """A warning when the job needs a fork of its program and names none to build."""
+    line = fork_notice(ctx.spec)
+    if line is None:
+        return []
+    return [
+        Item(
+            "fork",
+            "warn",
+            "fork",
+            line.removeprefix("note: "),
+            "name the fork in program.repo and program.ref (runner image build passes them)",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- formatting

@@ -561,3 +561,97 @@ def test_the_embedded_franka_profile_passes_here(franka_ds: Path, tmp_path: Path
     report = preflight.check(spec, backend="local", dataset=franka_ds, run_dir=tmp_path, environ={})
     assert report.failed == ()
     assert [i.key for i in report.warned] == ["secrets"]  # W&B and Hub pushes are optional
+
+
+# -- the job's program -----------------------------------------------------------------------
+
+
+def test_fields_a_program_ignores_are_one_warning_each(tmp_path: Path) -> None:
+    spec = job(
+        program={"kind": "lerobot"},
+        command="lerobot-train --policy.type=act",
+        checkpoints={"every_minutes": 30, "size_gb": 0.01},
+        restart={"resume_args": ["--resume=true"]},
+    )
+    report = preflight.check(spec, backend="local", run_dir=tmp_path, environ={})
+    minutes = item(report, "ignored.checkpoints.every_minutes")
+    assert (minutes.status, minutes.title) == ("warn", "job field")
+    assert minutes.detail == (
+        "job field checkpoints.every_minutes does not reach lerobot-train: "
+        "lerobot-train saves every --save_freq steps"
+    )
+    assert (
+        minutes.fix == "say it in lerobot-train's own terms (its command or config) if it matters"
+    )
+    resume = item(report, "ignored.restart.resume_args")
+    assert resume.detail == (
+        "job field restart.resume_args does not reach lerobot-train: "
+        "runner resumes lerobot-train with --config_path"
+    )
+    # After the other items; warnings only: nothing stops the launch.
+    assert [i.key for i in report.items][-2:] == [
+        "ignored.checkpoints.every_minutes",
+        "ignored.restart.resume_args",
+    ]
+    assert report.failed == ()
+    dino = job(program={"kind": "dino_wm"}, checkpoints={"every_steps": 100})
+    got = item(
+        preflight.check(dino, backend="local", environ={}), "ignored.checkpoints.every_steps"
+    )
+    assert got.detail == (
+        "job field checkpoints.every_steps does not reach DINO WM: DINO WM saves once per epoch"
+    )
+
+
+def test_a_generic_job_or_one_whose_fields_all_reach_its_program_has_no_such_item() -> None:
+    for spec in (
+        job(checkpoints={"every_minutes": 30}, restart={"resume_args": ["resume=true"]}),
+        job(program={"kind": "lerobot"}, checkpoints={"every_steps": 100}),
+    ):
+        keys = [i.key for i in preflight.check(spec, backend="local", environ={}).items]
+        assert not [k for k in keys if k.startswith("ignored.") or k == "fork"]
+
+
+def test_a_job_needing_an_unnamed_fork_is_warned(tmp_path: Path) -> None:
+    nowhere = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    spec = load_job("franka_cube_stack")
+    report = preflight.check(spec, backend="vast", disk_gb=200, environ=nowhere)
+    fork = item(report, "fork")
+    assert (fork.status, fork.title) == ("warn", "fork")
+    assert fork.detail == (
+        "franka_cube_stack needs a fork: conf/env/franka_cube_stack.yaml and "
+        "datasets/franka_cube_stack_dset.py are in your DINO WM fork; upstream "
+        "gaoyuezhou/dino_wm has neither; build with --build-arg DINO_WM_REPO=<url> "
+        "--build-arg DINO_WM_REF=<sha>"
+    )
+    assert fork.fix == (
+        "name the fork in program.repo and program.ref (runner image build passes them)"
+    )
+    assert report.items[-1] == fork and "fork" not in [i.key for i in report.failed]
+    # Named (program.repo): nothing to say. No fork needed: nothing either.
+    named = spec.model_copy(
+        update={"program": spec.program.model_copy(update={"repo": "https://x/dino_wm.git"})}
+    )
+    keys = [i.key for i in preflight.check(named, backend="vast", environ=nowhere).items]
+    assert "fork" not in keys
+    embedded = load_job("franka_cube_stack", profile="embedded")
+    assert "fork" not in [i.key for i in preflight.check(embedded, backend="local").items]
+
+
+def test_the_shipped_openpi_job_says_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """openpi_pi0 pins a Hub revision openpi never reads, and runs a config upstream lacks."""
+    isolate_client(monkeypatch, tmp_path / "hf_home")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # refused: the dataset item warns
+    nowhere = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    report = preflight.check(load_job("openpi_pi0"), backend="vast", environ=nowhere)
+    keys = [i.key for i in report.items]
+    assert keys[-2:] == ["ignored.dataset.revision", "fork"]
+    assert item(report, "ignored.dataset.revision").detail == (
+        "job field dataset.revision does not reach openpi: openpi's data config names the "
+        "dataset itself"
+    )
+    assert item(report, "fork").detail.startswith("openpi_pi0 needs a fork: the config pi0_so101")
+    assert item(report, "fork").detail.endswith(
+        "; build with --build-arg OPENPI_REPO=<url> --build-arg OPENPI_REF=<sha>"
+    )
+    assert {item(report, k).status for k in keys[-2:]} == {"warn"}
