@@ -552,7 +552,13 @@ class Supervisor:
             raise RuntimeError("a Supervisor runs once; make another")
         self._used = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.checkpoint_dir is not None and self.checkpoint_dir.is_relative_to(self.run_dir):
+        if (
+            self.checkpoint_dir is not None
+            and self.checkpoint_dir.is_relative_to(self.run_dir)
+            and self.program.kind == "generic"
+        ):
+            # A known program makes its own folder (LeRobot refuses an output folder that
+            # exists when it does not resume).
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         detectors = self._detectors()
         child_env = self._child_env(self.extra_env)
@@ -659,7 +665,7 @@ class Supervisor:
         if pusher is None:
             return
         # flush() gives up once the pusher is stopping: flush first, then stop.
-        pushed_all = pusher.flush(self.push_flush_s) if flush else True
+        pushed_all = pusher.flush(self.push_flush_s, writer_gone=True) if flush else True
         pusher.stop(timeout=self.push_flush_s)
         if not pushed_all:
             self._emit(
@@ -1098,7 +1104,8 @@ class Supervisor:
         self._restarts += 1
         if argv is None:
             argv, extra_env = self._resume_command(attempt)
-        return _Decision(True, "restarting", code, why, argv=argv, extra_env=extra_env, note=note)
+        notes = "; ".join(n for n in (note, *self._resume_notes) if n)
+        return _Decision(True, "restarting", code, why, argv=argv, extra_env=extra_env, note=notes)
 
     def _style(self, argv: Sequence[str], env: Mapping[str, str], key: str) -> OverrideStyle:
         if self.job is not None and self.job.overrides.style != "none":
@@ -1135,6 +1142,7 @@ class Supervisor:
     def _resume_command(self, attempt: _Attempt) -> tuple[list[str], dict[str, str]]:
         """The attempt's command made to resume: in the program's own terms when runner
         knows it, else with the job's ``resume_args`` set (once)."""
+        self._resume_notes = ()
         if self.job is not None and self.program.kind != "generic":
             return self._program_resume(attempt.argv, attempt.extra_env)
         argv, extra = list(attempt.argv), dict(attempt.extra_env)
