@@ -174,6 +174,16 @@ def _rel(path: Path, cwd: Path) -> Path:
     return path if path.is_absolute() else cwd / path
 
 
+def _move_aside(folder: Path) -> tuple[str, ...]:
+    """A program's folder without a complete checkpoint, renamed out of its way (never
+    deleted); the note that says so, or none when there was no folder."""
+    if not folder.exists():
+        return ()
+    aside = folder.with_name(f"{folder.name}.incomplete-{int(time.time())}")
+    os.replace(folder, aside)
+    return (f"{folder} had no complete checkpoint: moved to {aside.name}",)
+
+
 # --------------------------------------------------------------------------- LeRobot
 
 #: LeRobot's defaults (``configs/train.py``): log every 200 steps, save every 20000.
@@ -246,13 +256,7 @@ class LeRobot(Program):
             return Prepared(out, dict(env), (f"resuming from {checkpoint.name}",))
         # A fresh start: LeRobot refuses an output folder that exists (FileExistsError);
         # one without a complete checkpoint is moved aside, never deleted.
-        output = self.output_dir(job, ctx)
-        notes: tuple[str, ...] = ()
-        if output.exists():
-            aside = output.with_name(f"{output.name}.incomplete-{int(time.time())}")
-            os.replace(output, aside)
-            notes = (f"{output} had no complete checkpoint: moved to {aside.name}",)
-        return Prepared(out, dict(env), notes)
+        return Prepared(out, dict(env), _move_aside(self.output_dir(job, ctx)))
 
     def progress(self, job: JobSpec, argv: Sequence[str]) -> ProgressSpec:
         if job.progress.pattern is not None:
@@ -312,13 +316,7 @@ class OpenPi(Program):
         # The folder exists from the first start on (FileExistsError without --resume or
         # --overwrite), and --overwrite deletes it (checkpoints.py rmtree): a folder without
         # a complete checkpoint is moved aside instead, never deleted, and openpi starts afresh.
-        folder = _rel(Path(job.checkpoints.path), ctx.cwd)
-        notes: tuple[str, ...] = ()
-        if folder.exists():
-            aside = folder.with_name(f"{folder.name}.incomplete-{int(time.time())}")
-            os.replace(folder, aside)
-            notes = (f"{folder} had no complete checkpoint: moved to {aside.name}",)
-        return Prepared(out, dict(env), notes)
+        return Prepared(out, dict(env), _move_aside(_rel(Path(job.checkpoints.path), ctx.cwd)))
 
     def progress(self, job: JobSpec, argv: Sequence[str]) -> ProgressSpec:
         if job.progress.pattern is not None:

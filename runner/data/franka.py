@@ -19,11 +19,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
-import os
 import pickle
 import re
-import shutil
-import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from runner.data._staging import check_new_folder, write_staged
 from runner.data.torchfile import TensorInfo, _read, _Unreadable, load_array
 from runner.errors import DatasetError, UsageError, missing_dependency
 
@@ -429,25 +427,12 @@ def synth_franka(
         raise UsageError(f"steps must be at least {_MIN_STEPS} (got {steps})")
     if image_size < 8:
         raise UsageError(f"image_size must be at least 8 pixels (got {image_size})")
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        raise DatasetError(
-            f"{path} already exists and is not an empty folder; runner never overwrites a "
-            f"dataset: pick a new path or delete that one first"
-        )
+    check_new_folder(path)
     if importlib.util.find_spec("torch") is None:
         raise missing_dependency("torch")
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-    try:
-        _write_dataset(staging, episodes, steps, image_size, seed, on_episode)
-        if path.exists():
-            path.rmdir()  # checked empty above; rename cannot replace a folder portably
-        os.replace(staging, path)
-    except BaseException:
-        # Interrupted or failed: leave nothing that could pass for a dataset.
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_staged(
+        path, lambda out: _write_dataset(out, episodes, steps, image_size, seed, on_episode)
+    )
     return check_franka(path)
 
 

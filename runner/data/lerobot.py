@@ -33,10 +33,8 @@ import json
 import math
 import os
 import re
-import shutil
 import string
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from runner.data._staging import check_new_folder, write_staged
 from runner.data.franka import Problem
 from runner.errors import DatasetError, UsageError, missing_dependency
 
@@ -912,26 +911,15 @@ def synth_lerobot(
         raise UsageError(f"image_size must be 0 (no camera) or 8 to 4096 pixels (got {image_size})")
     if fps < 1:
         raise UsageError(f"fps must be at least 1 (got {fps})")
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        raise DatasetError(
-            f"{path} already exists and is not an empty folder; runner never overwrites a "
-            f"dataset: pick a new path or delete that one first"
-        )
+    check_new_folder(path)
     if importlib.util.find_spec("pyarrow") is None:
         raise missing_dependency("pyarrow")
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-    try:
-        _Writer(staging, steps=steps, image_size=image_size, fps=fps).write(
+    write_staged(
+        path,
+        lambda out: _Writer(out, steps=steps, image_size=image_size, fps=fps).write(
             episodes, seed, on_episode
-        )
-        if path.exists():
-            path.rmdir()  # checked empty above; rename cannot replace a folder portably
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        ),
+    )
     return check_lerobot(path)
 
 
