@@ -40,8 +40,11 @@ that comes after more than :data:`LATE_FACTOR` x the usual time between
 sightings and adds fewer steps than a usual sighting is a *late redraw*: its
 step is taken (the step reported is the bar's), but not as progress made now:
 ``last_step_time`` stays, the silence goes on, and its steps are counted into
-the next interval, measured from the last sighting that was progress. A loop
-whose bar redraws every step (under 10 it/s) never has late redraws.
+the next interval, measured from the last sighting that was progress. A
+monitor redraw of a frozen bar is followed by silence; a loop that resumes
+after a pause (DINO WM's validation pass) is followed by more steps within
+:data:`LATE_FACTOR` x the usual gap, and then its late-looking sighting counts
+as progress made when it was seen.
 
 Once a heartbeat of this attempt has been seen, the harness is the source and
 log lines are ignored. A heartbeat belongs to this attempt when the harness
@@ -77,6 +80,8 @@ _SLACK_S = 0.05
 #: A log sighting after this many times the usual gap between sightings, adding
 #: fewer steps than usual, is a late redraw (see the module docstring).
 LATE_FACTOR = 5.0
+#: Seconds of sightings the rate is measured over when 16 intervals span less.
+RATE_WINDOW_S = 10.0
 #: Sightings that advanced (gap, steps) kept to tell what is usual.
 _SIGHTINGS = 16
 #: Sightings needed before a late redraw can be told.
@@ -118,8 +123,14 @@ class ProgressTracker:
         resuming from ``base_step`` (the step its progress bar counts from)."""
         self.attempt_started = attempt_started
         self.base_step = base_step
-        self._exact_seen = False
-        self._exact_line_steps: deque[int] = deque(maxlen=8)
+        # Patterns (by index) whose readings were all exact, or some rounded; the exact
+        # steps each printed (its line cadence is learned from them).
+        self._exact_patterns: set[int] = set()
+        self._coarse_patterns: set[int] = set()
+        self._line_steps: dict[int, deque[int]] = {}
+        self._tentative_at: float | None = None
+        # (gap, steps made) of the recent sightings that were progress, for the rate.
+        self._gaps: deque[tuple[float, int]] = deque(maxlen=128)
         self._source: str = "none"
         self._step: int | None = None
         self._key: tuple[int, ...] | None = None
@@ -154,12 +165,27 @@ class ProgressTracker:
         )
 
     def steps_per_s(self) -> float | None:
-        """Recent rate: steps over the time between the agent's sightings (``None`` before two)."""
+        """Recent rate (``None`` before two sightings): the steps of the last 16 intervals
+        over their time; when those span less than :data:`RATE_WINDOW_S`, the steps of the
+        sightings of that window over their gaps, pauses (gaps over :data:`LATE_FACTOR` x
+        the usual one) left out. A line that carries 10-20 steps every 1-2 s is seen on
+        1 s ticks: one or two sightings would read 10 or 20 at a true 11.5."""
         if not self._intervals:
             return None
         recent = list(self._intervals)[-16:]
-        mean = sum(recent) / len(recent)
-        return 1.0 / mean if mean > 0 else None
+        span = sum(recent)
+        if span < RATE_WINDOW_S and len(self._gaps) >= 2:
+            usual = statistics.median(g for g, _ in self._gaps)
+            time_s = steps = 0.0
+            for gap, made in reversed(self._gaps):
+                if gap > LATE_FACTOR * max(usual, 1e-9):
+                    continue  # a pause (validation, a save): not the stepping rate
+                time_s, steps = time_s + gap, steps + made
+                if time_s >= RATE_WINDOW_S:
+                    break
+            if time_s > 0 and steps > 0:
+                return steps / time_s
+        return len(recent) / span if span > 0 else None
 
     def update(
         self, lines: Sequence[str], now: float, *, checkpoint_step: int | None = None
@@ -184,12 +210,20 @@ class ProgressTracker:
             # The program saved a checkpoint past the estimate: it was there at least.
             self._advance((checkpoint_step,), checkpoint_step)
         made = self._take_made()
-        if made is not None and self._source == "log" and self._late(made, now):
+        if made is not None and self._source == "log" and self._moving_again(now):
+            # The late-looking sighting was the loop resuming (after a validation pass,
+            # say): a monitor redraw of a frozen bar is followed by silence, not steps.
+            assert self._tentative_at is not None
+            self._record(self._unrecorded, self._tentative_at)
+            self._unrecorded, self._tentative_at = 0, None
+            self._record(made, now)
+        elif made is not None and self._source == "log" and self._late(made, now):
             self._unrecorded += made
             self.late_redraws += 1
+            self._tentative_at = now
         elif made is not None:
             self._record(made + self._unrecorded, now)
-            self._unrecorded = 0
+            self._unrecorded, self._tentative_at = 0, None
         if self._source != "harness" or self._checkpoint_step is None:
             self._checkpoint_step = checkpoint_step
         return self.progress
@@ -254,14 +288,14 @@ class ProgressTracker:
 
     def _from_lines(self, lines: Sequence[str]) -> None:
         for line in lines:
-            for pattern in self.patterns:
+            for index, pattern in enumerate(self.patterns):
                 match = pattern.search(line)
                 if match is not None:
-                    self._from_match(pattern, match)
+                    self._from_match(index, pattern, match)
 
-    def _from_match(self, pattern: re.Pattern[str], match: re.Match[str]) -> None:
+    def _from_match(self, index: int, pattern: re.Pattern[str], match: re.Match[str]) -> None:
         groups = pattern.groupindex
-        reading = self._reading(match, groups)
+        reading = self._reading(index, match, groups)
         if reading is not None:
             self._source = "log"
             self._advance(*reading)
@@ -274,14 +308,14 @@ class ProgressTracker:
             self._metrics = self._health(values, self._step)
 
     def _reading(
-        self, match: re.Match[str], groups: Mapping[str, int]
+        self, index: int, match: re.Match[str], groups: Mapping[str, int]
     ) -> tuple[tuple[int, ...], int] | None:
-        """The (key, step) a match says, or ``None`` when it says none."""
+        """The (key, step) pattern ``index``'s match says, or ``None`` when it says none."""
         if "bar" in groups and match.group("bar") is not None:
             bar = _int_text(match.group("bar"))
             if bar is None:
                 return None
-            self._exact_seen = True
+            self._exact_patterns.add(index)
             step = self.base_step + bar
             return (max(step, self._step or 0),), max(step, self._step or 0)
         text = match.group("step") if "step" in groups else None
@@ -299,27 +333,38 @@ class ProgressTracker:
                 return None
             if total:
                 # A per-epoch counter: absolute steps, never backwards.
+                self._exact_patterns.add(index)
                 step = max(0, epoch - self.first_epoch) * total + int(value)
                 step = max(step, self._step or 0)
                 return (step,), step
             return (epoch, int(value)), int(value)
         if unit == 1:
             step = int(value)
-            self._learn_cadence(step)
+            if index not in self._coarse_patterns:
+                self._exact_patterns.add(index)
+            steps = self._line_steps.setdefault(index, deque(maxlen=8))
+            if not steps or step > steps[-1]:
+                steps.append(step)
             step = max(step, self._step or 0)
             return (step,), step
-        return self._coarse(value * unit, resolution)
+        self._coarse_patterns.add(index)
+        self._exact_patterns.discard(index)
+        return self._coarse(index, value * unit, resolution)
 
-    def _coarse(self, value: float, resolution: float) -> tuple[tuple[int, ...], int] | None:
+    def _coarse(
+        self, index: int, value: float, resolution: float
+    ) -> tuple[tuple[int, ...], int] | None:
         """A rounded reading (``step:1K``): the estimate moved a line cadence, kept in range."""
         low = math.ceil(value - resolution / 2)
         high = math.floor(value + resolution / 2)
         current = self._step if self._step is not None else self.base_step
-        if self._exact_seen:
-            # An exact source counts the steps; the rounded one only bounds them from below.
+        if self._exact_patterns - {index}:
+            # Another pattern counts the steps exactly (LeRobot's bar, openpi's Step N): the
+            # rounded one only bounds them from below (openpi's "Progress on" comes every
+            # 10 s, not every N steps).
             estimate = max(current, low)
         else:
-            every = self._cadence()
+            every = self._cadence(index)
             if self._step is None and every is None:
                 estimate = max(current, low)
             else:
@@ -330,15 +375,12 @@ class ProgressTracker:
             return None
         return (estimate,), estimate
 
-    def _learn_cadence(self, step: int) -> None:
-        if not self._exact_line_steps or step > self._exact_line_steps[-1]:
-            self._exact_line_steps.append(step)
-
-    def _cadence(self) -> int | None:
-        """Steps between two lines of the coarse pattern: the job's, else learned."""
+    def _cadence(self, index: int) -> int | None:
+        """Steps between two lines of coarse pattern ``index``: the job's, else learned from
+        the exact steps it printed before they grew a suffix."""
         if self.line_every is not None:
             return self.line_every
-        seen = list(self._exact_line_steps)
+        seen = list(self._line_steps.get(index, ()))
         gaps = [b - a for a, b in itertools.pairwise(seen) if b > a]
         return int(statistics.median(gaps)) if gaps else None
 
@@ -388,6 +430,13 @@ class ProgressTracker:
         made, self._made = self._made, None
         return made
 
+    def _moving_again(self, now: float) -> bool:
+        """Whether a sighting at ``now`` follows a late-looking one closely (the loop runs)."""
+        if self._tentative_at is None or not self._sightings:
+            return False
+        gap = statistics.median(g for g, _ in self._sightings)
+        return now - self._tentative_at <= LATE_FACTOR * max(gap, 1.0)
+
     def _late(self, made: int, now: float) -> bool:
         """Whether a log sighting of ``made`` new steps at ``now`` is a late redraw."""
         last = self._last_step_time
@@ -404,6 +453,7 @@ class ProgressTracker:
             return
         elapsed = max(0.0, now - last)
         self._sightings.append((elapsed, made))
+        self._gaps.append((elapsed, made))
         self._intervals.extend([elapsed / made] * min(made, self.history))
 
 
