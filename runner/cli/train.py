@@ -43,9 +43,12 @@ def train(
     if chosen_profile is not None:
         spec = load_job(job, profile=chosen_profile)
     elif spec.image is not None:
+        offered = (
+            f"; its profiles: {', '.join(spec.profiles)} (--profile P)" if spec.profiles else ""
+        )
         raise RunnerError(
             f"{job} runs only in its Docker image {spec.image} and has no embedded profile; "
-            "start it on a GPU host with its image"
+            f"start it on a GPU host with its image{offered}"
         )
     argv, extra_env = spec.apply_overrides(overrides or [])
     chosen = pick_device(spec, device)

@@ -78,9 +78,11 @@ def pick_device(spec: JobSpec, requested: str = "auto") -> DeviceChoice:
     wanted = max(1, spec.resources.gpus)
     if len(gpus) < wanted:
         if requested == "cuda" or spec.resources.gpus > 0:
+            others = [p for p in spec.profiles if p != spec.profile]
+            pick = f" (--profile {' or '.join(others)})" if others else ""
             raise DeviceError(
                 f"{spec.name} needs {wanted} GPU(s) and {len(gpus)} are visible ({reason}); "
-                "run it on a rented GPU or pick a profile that runs on the CPU"
+                f"run it on a rented GPU or pick a profile that runs on the CPU{pick}"
             )
         return DeviceChoice("cpu", f"CPU ({reason})", cpu.env)
     from runner.sampling.select import select

@@ -229,3 +229,12 @@ def test_bad_override_is_one_line_from_the_trainer(
     assert malformed.stderr.strip().splitlines()[-1] == (
         "error: bad override 'frameskip': expected key=value, e.g. frameskip=5"
     )
+
+
+def test_a_job_with_a_cpu_profile_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "act_so101"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: act_so101 runs only in its Docker image runner/lerobot:latest and has no "
+        "embedded profile; start it on a GPU host with its image; its profiles: cpu (--profile P)"
+    )
