@@ -88,8 +88,8 @@ def test_first_run_without_data_says_where_it_synthesised(
     assert done.returncode == 0, done.stderr
     where = tmp_path / "data" / "franka_cube_stack_synthetic"
     assert (
-        f"no dataset configured: synthesising 3 episodes x 40 steps (32px) at {where}"
-        in done.stderr
+        "no dataset configured: synthesising 3 episodes x 40 steps (32px, franka layout) "
+        f"at {where}" in done.stderr
     )
     assert (where / "states.pth").is_file()
 
