@@ -49,6 +49,19 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
         ("runner.harness", ("runner",)),
         ("runner.hub", ("runner.agent", "runner.cloud", "runner.launch", "runner.cli")),
         ("runner.agent", ("runner.cloud", "runner.launch", "runner.cli")),
+        # The programs' own terms sit on the job spec only: the agent and pre-flight use them.
+        (
+            "runner.programs",
+            (
+                "runner.agent",
+                "runner.hub",
+                "runner.cloud",
+                "runner.launch",
+                "runner.view",
+                "runner.cli",
+                "runner.sampling",
+            ),
+        ),
         ("runner.sampling", ("runner.agent", "runner.hub", "runner.cloud", "runner.cli")),
         ("runner.cloud", ("runner.agent", "runner.launch", "runner.cli")),
         ("runner.launch", ("runner.cli",)),
