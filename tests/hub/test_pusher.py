@@ -344,6 +344,23 @@ def test_the_background_thread_pushes_and_stops(
     assert not pusher.running
 
 
+def test_the_final_flush_pushes_a_foreign_checkpoint_that_has_not_settled(
+    hub: HubServer, client: HubClient, tmp_path: Path
+) -> None:
+    """LeRobot saves last at its final step and the run ends right after: the flush at the end
+    (the trainer gone) takes that checkpoint whole instead of waiting settle_s for it, and
+    without ``writer_gone`` it is still left to settle."""
+    run, root = tmp_path / "run", tmp_path / "lerobot"
+    lerobot_checkpoint(root, 1040)
+    config = PushConfig(**{**FAST.__dict__, "settle_s": 600.0})
+    pusher = Pusher(client, REPO, run, "lerobot", root, config=config)
+    assert pusher.flush(1.0) is True  # nothing it may push yet: nothing is waiting
+    assert not events(run, "push")
+    assert pusher.flush(30.0, writer_gone=True) is True
+    assert [e.evidence["step"] for e in events(run, "push")] == [1040]
+    assert remote_sizes(hub, 1040)
+
+
 # -- the token -----------------------------------------------------------------------------------
 
 
