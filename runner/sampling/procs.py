@@ -422,7 +422,6 @@ class ProcessTreeSampler:
                 times = _field(proc.cpu_times, None)
                 mem = _field(proc.memory_info, None)
                 argv = _field(proc.cmdline, None)
-                io = _field(proc.io_counters, None) if _HAS_IO else None
         except psutil.NoSuchProcess:
             # Gone mid-walk (ZombieProcess is caught field by field above).
             return None
@@ -433,18 +432,15 @@ class ProcessTreeSampler:
         if times is not None and not isinstance(times, _ZombieMarker):
             cpu = times.user + times.system
         delta = percent = None
-        written = getattr(io, "write_chars", None)
-        written_delta = None
         prev = self._seen.get(proc.pid)
         same = prev is not None and prev.create_time == created
+        written, written_delta = self._written(proc, prev if same else None, cpu)
         if cpu is not None:
             if prev is not None and same:
                 delta = max(0.0, cpu - prev.cpu_time_s)
                 elapsed = now_mono - prev.at
                 percent = 100.0 * delta / elapsed if elapsed > 0 else None
             seen[proc.pid] = _Seen(created, cpu, now_mono, written)
-        if prev is not None and same and written is not None and prev.written is not None:
-            written_delta = max(0, written - prev.written)
         if isinstance(argv, _ZombieMarker):
             cmdline: str | None = ""
         elif argv is None:
@@ -465,6 +461,23 @@ class ProcessTreeSampler:
             cpu_percent=percent,
             write_delta_bytes=written_delta,
         )
+
+    @staticmethod
+    def _written(
+        proc: psutil.Process, prev: _Seen | None, cpu: float | None
+    ) -> tuple[int | None, int | None]:
+        """``(write_chars, bytes written since prev)``. A process that used no CPU since the
+        last sample wrote nothing worth counting: its ``/proc/PID/io`` is not read again
+        (one file less per idle worker and thread of the tree, each tick)."""
+        if not _HAS_IO:
+            return None, None
+        if prev is not None and cpu is not None and cpu <= prev.cpu_time_s:
+            return prev.written, (0 if prev.written is not None else None)
+        io = _field(proc.io_counters, None)
+        written = getattr(io, "write_chars", None)
+        if prev is None or written is None or prev.written is None:
+            return written, None
+        return written, max(0, written - prev.written)
 
     def _redacted(self, argv: tuple[str, ...]) -> str:
         line = self._cmdlines.get(argv)

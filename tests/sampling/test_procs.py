@@ -489,3 +489,35 @@ def test_secrets_in_a_real_command_line_never_reach_the_snapshot(
     text = json.dumps(tree.to_dict())
     assert "plain-s3cret" not in text and secret not in text
     assert f"--token {REDACTED}" in text and f"HF_TOKEN={REDACTED}" in text
+
+
+WRITER = """
+import sys, tempfile
+out = tempfile.TemporaryFile()
+print("ready", flush=True)
+for line in sys.stdin:
+    out.write(b"x" * (int(line) << 20))  # N MiB, as a checkpoint save does
+    out.flush()
+    print("wrote", flush=True)
+"""
+
+
+def test_write_delta_counts_what_the_process_wrote_since_the_last_sample(
+    spawn: Callable[..., Spawned],
+) -> None:
+    """``write_delta_bytes`` is the tree's own writes (``wchar``): what the stall detector's
+    checkpoint grace counts instead of the whole disk's write rate."""
+    if not hasattr(psutil.Process, "io_counters"):
+        pytest.skip("this platform has no per-process I/O counters")
+    job = spawn(WRITER)
+    assert job.proc.stdout is not None and job.proc.stdout.readline().strip() == "ready"
+    sampler = ProcessTreeSampler(job.pid)
+    first = by_pid(sampler.sample())[job.pid]
+    assert first.write_delta_bytes is None  # first sight: nothing to compare with
+    job.send("16")
+    assert job.proc.stdout.readline().strip() == "wrote"
+    wrote = by_pid(sampler.sample())[job.pid]
+    assert wrote.write_delta_bytes is not None and wrote.write_delta_bytes >= 16 << 20
+    time.sleep(0.2)
+    idle = by_pid(sampler.sample())[job.pid]
+    assert idle.write_delta_bytes is not None and idle.write_delta_bytes < 1 << 20
