@@ -473,7 +473,10 @@ class ProcessTreeSampler:
             return None, None
         if prev is not None and cpu is not None and cpu <= prev.cpu_time_s:
             return prev.written, (0 if prev.written is not None else None)
-        io = _field(proc.io_counters, None)
+        try:
+            io = _field(proc.io_counters, None)
+        except psutil.Error:  # gone since its other fields were read: nothing more to count
+            io = None
         written = getattr(io, "write_chars", None)
         if prev is None or written is None or prev.written is None:
             return written, None
